@@ -1,0 +1,128 @@
+"""File helpers every stage shares: atomic writes and JSON-lines reading with precise errors.
+
+Why one module: each stage hands the next a file in the run directory. A crash or a bad
+input must never leave a half-written file that a later stage (or a resumed run) would
+trust, and a bad line must be reported with its file, line and field so the user can fix it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+
+class InputError(ValueError):
+    """Bad user input, reported with where it is (file, line, field) and what to do."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike | None = None,
+                 line: int | None = None, field: str | None = None, hint: str | None = None) -> None:
+        where = []
+        if path is not None:
+            where.append(str(path))
+        if line is not None:
+            where.append(f"line {line}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        text = f"{', '.join(where)}: {message}" if where else message
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+        self.path, self.line, self.field, self.hint = path, line, field, hint
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file lives in the same directory so the final ``os.replace`` is atomic.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        _fsync(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[TextIO | BinaryIO]:
+    """``open`` for writing that leaves either the old file or the complete new one, never a part."""
+    if "b" in mode:
+        encoding = None
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as handle:
+        yield handle
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
+    """Write one JSON object a line; return how many were written."""
+    count = 0
+    with atomic_open(path, "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line; bad bytes or JSON name the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path, hint="check the path in your configuration")
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"not valid UTF-8 ({err.reason} at byte {err.start})", path=path, line=line_no,
+                                 hint="re-encode the file as UTF-8") from None
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise InputError(f"malformed JSON ({err.msg} at column {err.colno})", path=path, line=line_no,
+                                 hint="each line must be one complete JSON object; a truncated last line "
+                                      "usually means an interrupted write") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=line_no)
+            yield line_no, obj
+
+
+def require_field(obj: dict[str, Any], field: str, path: str | os.PathLike, line: int,
+                  kind: type | tuple[type, ...] = str, allow_empty: bool = False) -> Any:
+    """Return ``obj[field]`` or raise an :class:`InputError` naming file, line and field."""
+    if field not in obj or obj[field] is None:
+        raise InputError("missing", path=path, line=line, field=field)
+    value = obj[field]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InputError(f"expected {names}, got {type(value).__name__}", path=path, line=line, field=field)
+    if not allow_empty and isinstance(value, str) and not value.strip():
+        raise InputError("empty", path=path, line=line, field=field)
+    return value
