@@ -1,0 +1,111 @@
+"""Loading models and tokenizers from a local path or a hub name, safely and with clear errors.
+
+Why here: every module (seq2seq, encoder, baselines) loads pretrained weights, and each must
+(1) fail at once with an actionable message when a hub name cannot be fetched (offline
+clusters), instead of retrying for half a minute, (2) keep ``trust_remote_code`` off unless
+the user opts in, and (3) load safetensors only unless pickled weights are explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+T = TypeVar("T")
+
+PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+class ModelNotAvailableError(OSError):
+    """A model name that is neither a local folder nor fetchable from the hub right now."""
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the hub's host resolves and accepts a TCP connection within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(_hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _is_cached(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        return False
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def resolve_model_source(name_or_path: str | os.PathLike) -> str:
+    """Return a loadable identifier: an existing local folder, or a hub name that is cached or reachable.
+
+    Raises :class:`ModelNotAvailableError` at once (no retries) when neither holds.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotAvailableError(f"model path '{text}' is a file; pass the folder that holds config.json")
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(f"model folder '{text}' has no config.json; pass a folder written by "
+                                         "save_pretrained (or a sentence-transformers model folder)")
+        return str(path.resolve())
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:  # a hub name is "name" or "org/name"
+        raise ModelNotAvailableError(f"model path '{text}' does not exist")
+    if _is_cached(text) or hub_reachable():
+        return text
+    raise ModelNotAvailableError(
+        f"model '{text}' is not available locally and the Hugging Face hub ({_hub_endpoint()}) cannot be reached. "
+        f"On a machine with access run `huggingface-cli download {text} --local-dir <DIR>` (or "
+        f"`AutoModelForSeq2SeqLM.from_pretrained('{text}').save_pretrained('<DIR>')`), copy <DIR> here and set "
+        "model_name_or_path to that folder.")
+
+
+def check_weight_format(source: str, allow_pickle: bool) -> None:
+    """Refuse pickled weights (``.bin``/``.h5``) in a local folder unless the user opted in.
+
+    Pickle can execute code on load; safetensors cannot.
+    """
+    path = Path(source)
+    if not path.is_dir() or allow_pickle:
+        return
+    names = {p.name for p in path.iterdir()}
+    if names & set(SAFE_WEIGHT_FILES):
+        return
+    pickled = sorted(names & set(PICKLE_WEIGHT_FILES))
+    if pickled:
+        raise ModelNotAvailableError(
+            f"model folder '{source}' holds weights only in pickle form ({', '.join(pickled)}), which can run "
+            "code when loaded. Convert them to safetensors (load once in a trusted environment and call "
+            "save_pretrained(..., safe_serialization=True)) or set allow_pickle_weights=true if you trust the file.")
+
+
+def load_pretrained(cls: type[T], name_or_path: str | os.PathLike, *, trust_remote_code: bool = False,
+                    allow_pickle_weights: bool = False, **kwargs: Any) -> T:
+    """``cls.from_pretrained`` with the checks above; ``use_safetensors`` unless pickle is allowed."""
+    source = resolve_model_source(name_or_path)
+    check_weight_format(source, allow_pickle_weights)
+    if not allow_pickle_weights:
+        kwargs.setdefault("use_safetensors", True)
+    return cls.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)  # type: ignore[attr-defined]
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """``AutoTokenizer.from_pretrained`` with the same availability check as the model."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_source(name_or_path), trust_remote_code=trust_remote_code,
+                                         **kwargs)
