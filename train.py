@@ -48,7 +48,7 @@ def run_command(command: str, args: Sequence[str]) -> Any:
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config; repeat to compose fragments")
     parser.add_function_arguments(function, fail_untyped=True)
     config = parser.parse_args(list(args))
-    kwargs = parser.instantiate_classes(config).as_dict()
+    kwargs = parser.instantiate(config).as_dict()
     kwargs.pop("config", None)
     kwargs.pop("__path__", None)
     return function(**kwargs)
