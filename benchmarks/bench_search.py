@@ -169,7 +169,8 @@ def machine(device: torch.device) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    text = f"{cpu}, {cores} usable cores of {os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     if device.type == "cuda":
         text += f", {torch.cuda.get_device_name(device)}"
     return text
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls of each method, interleaved; the median counts")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each method first (CUDA context, allocator)")
     parser.add_argument("--device", default=None, help="cpu or cuda; default: the GPU when there is one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/search.json"))
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     memory: dict[str, dict[str, float]] = {}
     runs: dict[str, Run] = {}
+    for _ in range(args.warmup):
+        reference(), ours()
     for _ in range(args.repeats):  # interleaved, so a busy neighbour slows both alike
         for name, fn in (("reference", reference), ("ours", ours)):
             seconds, runs[name], mem = measure(fn, device)

@@ -106,6 +106,19 @@ def _top_k_lowest_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     return values, cols
 
 
+def _above(scores: torch.Tensor, threshold: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores > threshold).nonzero()`` as (rows, cols) in row-major order, cheaper when hits are rare:
+    only groups of ``group`` columns whose max passes are looked at element by element."""
+    n_rows, n_cols = scores.shape
+    if n_cols % group or not scores.is_contiguous():
+        return (scores > threshold).nonzero(as_tuple=True)
+    n_groups = n_cols // group
+    group_rows, group_ids = (scores.view(n_rows, n_groups, group).amax(dim=2) > threshold).nonzero(as_tuple=True)
+    passing = scores.view(-1, group).index_select(0, group_rows * n_groups + group_ids)
+    hits, offsets = (passing > threshold[group_rows]).nonzero(as_tuple=True)
+    return group_rows[hits], group_ids[hits] * group + offsets
+
+
 class _RunningTopK:
     """The best k (score, index) pairs per query seen so far, ordered by score desc then index asc.
 
@@ -129,11 +142,12 @@ class _RunningTopK:
         threshold = self.scores[rows, -1:]
         candidates = None
         if not bool(torch.isneginf(threshold).any()):
-            hit_rows, hit_cols = (scores > threshold).nonzero(as_tuple=True)
+            hit_rows, hit_cols = _above(scores, threshold)
             if len(hit_rows) == 0:
                 return
             counts = torch.bincount(hit_rows, minlength=scores.shape[0])
-            if int(counts.max()) <= self.k:  # else the block is dense in good documents: topk is cheaper
+            # a row with many hits makes the padded sort below dearer than one topk over the block
+            if int(counts.max()) <= max(self.k, scores.shape[1] // 8):
                 candidates = self._pad(hit_rows, hit_cols, counts, scores)
         if candidates is None:
             values, cols = _top_k_lowest_index(scores, self.k)
@@ -197,7 +211,7 @@ def exact_search(queries: Vectors, docs: Vectors, k: int, chunk_size: int = 6553
     top = _RunningTopK(len(q), min(k, n_docs), device)
     # Score blocks of (all queries x `width` documents) reuse one buffer: a block that fits the cache
     # is faster than one (queries x chunk) matrix, and memory no longer grows with the chunk.
-    width = int(min(chunk_size, n_docs, max(1024, _block_budget(device) // max(len(q), 1))))
+    width = int(min(chunk_size, n_docs, max(1024, _block_budget(device) // max(len(q), 1)) // 32 * 32))
     row_blocks = _row_blocks(len(q), width, device)
     buffer = torch.empty(row_blocks[0].stop if row_blocks else 0, width, device=device)
     starts = range(0, n_docs, chunk_size)
