@@ -39,6 +39,7 @@ from retrieval.search import SearchConfig, resolve_device, search
 
 Run = dict[str, dict[str, float]]
 TIE_TOLERANCE = 1e-6
+ENV_RECORDED = ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")  # they change the timings, so the command names them
 
 
 # ---------------------------------------------------------------- the BEIR-style reference
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ours_s, reference_s = statistics.median(times["ours"]), statistics.median(times["reference"])
     result = {
         "name": "search",
-        "command": "python -m benchmarks.bench_search " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join([*(f"{name}={os.environ[name]}" for name in ENV_RECORDED if name in os.environ),
+                             "python -m benchmarks.bench_search", shlex.join(sys.argv[1:] if argv is None else argv)]),
         "machine": machine(device),
         "device": str(device),
         "what": f"exact cosine top-{args.k}: {args.n_queries} queries x {args.n_docs} x {args.dim} normalised float32 "
