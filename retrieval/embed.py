@@ -1,0 +1,88 @@
+"""The one way the project embeds texts: ``embed_texts(items, encoder, output)``.
+
+It runs ``Trainer.predict`` with :class:`TextsDataModule` and :class:`VectorWriter`
+(``return_predictions=False``, so memory stays flat), on one CPU, one GPU or many (DDP).
+Reruns are cheap: a complete output made from the same inputs and encoder is loaded, and an
+interrupted run resumes from its part files. Both are keyed by a fingerprint of the encoder
+(model files, pooling, truncation, normalisation) and of every ``(id, text)``, so a changed
+model or text is never served stale vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from callbacks.vector_writer import VectorWriter
+from datamodules.embedding import TextsDataModule, check_items
+from lightning_modules.encoder import EncoderModule
+from retrieval.io import InputError
+from retrieval.vectors import load_vectors, read_vector_ids, read_vector_metadata, save_vectors
+
+
+def items_fingerprint(items: Sequence[tuple[str, str]]) -> str:
+    """A hash of every id and text, in order."""
+    digest = hashlib.sha256()
+    for key, text in items:
+        digest.update(key.encode("utf-8") + b"\0" + text.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def _is_complete(output: Path, ids: list[str], tag: str) -> bool:
+    """True if ``output`` holds vectors for exactly ``ids`` made with the same fingerprint and dtype."""
+    if not output.is_file():
+        return False
+    try:
+        if read_vector_metadata(output).get("fingerprint") != tag:
+            rank_zero_info(f"{output} was made from other inputs or another encoder; recomputing it")
+            return False
+        return read_vector_ids(output) == ids
+    except InputError as err:
+        rank_zero_warn(f"{err}; recomputing it")
+        return False
+
+
+def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, output: str | Path,
+                batch_size: int = 64, trainer_kwargs: dict[str, Any] | None = None, progress: bool = True,
+                dtype: Literal["float32", "float16"] = "float32", num_workers: int = 0) -> tuple[list[str], torch.Tensor]:
+    """Embed ``(id, text)`` pairs into ``output`` and return ``(ids, float32 vectors)`` in the order of ``items``.
+
+    ``encoder``: a model folder/name (see :class:`EncoderModule`) or a built module;
+    ``trainer_kwargs``: passed to ``Trainer`` (accelerator, devices, strategy, precision, callbacks...);
+    defaults: one device, no logger, no checkpoints. ``dtype``: of the file on disk.
+    """
+    output = Path(output)
+    check_items(items)  # before hashing: a bad item gets its clear error, not an AttributeError
+    module = encoder if isinstance(encoder, EncoderModule) else EncoderModule(encoder)
+    ids = [key for key, _ in items]
+    fingerprint = hashlib.sha256(f"{module.fingerprint()}:{items_fingerprint(items)}".encode()).hexdigest()[:16]
+    tag = f"{fingerprint}-{dtype}"
+    if _is_complete(output, ids, tag):
+        rank_zero_info(f"{output} already holds these {len(ids)} vectors; loading it")
+        return ids, torch.from_numpy(np.asarray(load_vectors(output)[1], dtype=np.float32))
+    if not ids:
+        save_vectors(output, [], np.zeros((0, module.dim), dtype=np.float32), dtype=dtype, metadata={"fingerprint": tag})
+        return [], torch.zeros(0, module.dim)
+
+    writer = VectorWriter(output, order=ids, fingerprint=fingerprint, dtype=dtype,
+                          metadata={"fingerprint": tag, "encoder": module.source.model_path})
+    datamodule = TextsDataModule(items, module.tokenizer_path, batch_size=batch_size, max_length=module.max_length,
+                                 num_workers=num_workers, skip_ids=writer.done_keys())
+    settings: dict[str, Any] = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
+                                "enable_model_summary": False, "enable_progress_bar": progress}
+    settings.update(trainer_kwargs or {})
+    extra = settings.get("callbacks") or []
+    settings["callbacks"] = [writer, *([extra] if isinstance(extra, Callback) else extra)]
+    Trainer(**settings).predict(module, datamodule=datamodule, return_predictions=False)
+
+    written_ids, vectors = load_vectors(output)
+    if written_ids != ids:
+        raise RuntimeError(f"{output} holds {len(written_ids)} ids that differ from the {len(ids)} requested")
+    return ids, torch.from_numpy(np.asarray(vectors, dtype=np.float32))
