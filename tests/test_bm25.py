@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import pytest
 
 from retrieval.bm25 import BM25Config, bm25_search, load_stemmer, tokenize
 
+TINY_BEIR = Path(__file__).resolve().parent / "data" / "tiny_beir"
 PLAIN = BM25Config(stemmer=None, stopwords=None)
 DOCS = [
     ("d1", "Aspirin reduces the risk of heart attack in adults."),
@@ -98,3 +100,14 @@ def test_bad_config_values(kwargs: dict, message: str) -> None:
 def test_unknown_stopword_list_names_the_field() -> None:
     with pytest.raises(ValueError, match="bm25.stopwords='klingon'.*not recognized"):
         bm25_search(DOCS, [("q", "heart")], BM25Config(stemmer=None, stopwords="klingon"), progress=False)
+
+
+def test_tiny_beir_each_judged_query_finds_its_document_first() -> None:
+    from datamodules.beir import load_beir
+
+    dataset = load_beir(TINY_BEIR, "test")
+    run = bm25_search([(doc_id, dataset.doc_text(doc_id)) for doc_id in dataset.doc_ids],
+                      list(dataset.queries.items()), BM25Config(stemmer=None), progress=False)
+    for query_id, judged in dataset.qrels.items():
+        top = max(run[query_id], key=run[query_id].get)
+        assert top in judged, f"{query_id}: top document {top} is not one of the judged {sorted(judged)}"
