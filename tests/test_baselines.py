@@ -59,7 +59,8 @@ def test_unknown_system_on_the_command_line_is_a_clear_error(tmp_path: Path,
 def test_unknown_system_from_python_is_a_clear_error(tmp_path: Path) -> None:
     from datamodules.downsample import DataConfig
 
-    with pytest.raises(ValueError, match=r"unknown baseline system\(s\) \['colbert'\]; choose from \['bm25', 'dense'\]"):
+    message = r"unknown baseline system\(s\) \['colbert'\]; choose from \['bm25', 'dense'\]"
+    with pytest.raises(ValueError, match=message):
         run_baselines(DataConfig(path=TINY_BEIR), output_dir=tmp_path, systems=("colbert",))  # type: ignore[arg-type]
     assert not (tmp_path / "results.json").exists()
 
