@@ -23,6 +23,7 @@ from typing import Any
 STAGE_COMMANDS: dict[str, str] = {
     "baselines": "retrieval.baselines:run_baselines",
     "downsample": "datamodules.downsample:downsample_command",
+    "filter-file": "retrieval.filter:filter_command",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
