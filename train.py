@@ -39,8 +39,8 @@ def _usage() -> str:
            f"`python train.py <command> --help` lists a command's options."
 
 
-def run_command(command: str, args: Sequence[str]) -> Any:
-    """Parse ``args`` against the command function's signature and call it."""
+def command_parser(command: str) -> Any:
+    """The jsonargparse parser of a stage command, built from its function's signature."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     function = _resolve(STAGE_COMMANDS[command])
@@ -48,6 +48,13 @@ def run_command(command: str, args: Sequence[str]) -> Any:
                             env_prefix="SIR", default_env=False)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config; repeat to compose fragments")
     parser.add_function_arguments(function, fail_untyped=True)
+    return parser
+
+
+def run_command(command: str, args: Sequence[str]) -> Any:
+    """Parse ``args`` against the command function's signature and call it."""
+    function = _resolve(STAGE_COMMANDS[command])
+    parser = command_parser(command)
     config = parser.parse_args(list(args))
     kwargs = parser.instantiate(config).as_dict()
     kwargs.pop("config", None)

