@@ -68,11 +68,16 @@ def _read_json(path: Path) -> dict[str, Any] | list[Any]:
 
 
 def _st_pooling(path: Path) -> Pooling:
+    """Pooling of a ``Pooling/config.json``: ``"pooling_mode": "mean"`` (v6+) or ``pooling_mode_*`` flags (older)."""
     config = _read_json(path)
-    modes = [key.removeprefix("pooling_mode_") for key, on in config.items() if key.startswith("pooling_mode_") and on]
-    if modes == ["mean_tokens"]:
+    mode = config.get("pooling_mode")
+    if mode is None:
+        modes = [key.removeprefix("pooling_mode_") for key, on in config.items() if key.startswith("pooling_mode_") and on]
+    else:
+        modes = list(mode) if isinstance(mode, list) else [mode]
+    if modes in (["mean_tokens"], ["mean"]):
         return "mean"
-    if modes == ["cls_token"]:
+    if modes in (["cls_token"], ["cls"]):
         return "cls"
     raise ValueError(f"{path}: pooling {modes} is not supported (only mean_tokens or cls_token); "
                      "pass pooling='mean' or 'cls' to override it knowingly")

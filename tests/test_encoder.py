@@ -104,6 +104,13 @@ def test_sentence_transformers_pooling_and_length_are_read(tmp_path: Path) -> No
     module = EncoderModule(str(path))
     assert (module.max_length, module.pooling, module.source.do_lower_case) == (40, "cls", True)
     assert EncoderModule(str(path), pooling="mean", max_length=20).max_length == 20
+    # sentence-transformers >= 6 writes "pooling_mode" and keeps the length in the tokenizer config
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "mean", "include_prompt": True}))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"transformer_task": "feature-extraction"}))
+    tokenizer_config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "model_max_length": 77}))
+    module = EncoderModule(str(path))
+    assert (module.max_length, module.pooling) == (77, "mean")
 
 
 def test_checkpoint_missing_encoder_weights_is_refused(tmp_path: Path) -> None:
