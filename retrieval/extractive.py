@@ -45,8 +45,9 @@ class ExtractiveConfig:
     Attributes:
         question_from: "title" turns the title into a question (an author's title is the query a reader
             would type); "lead" uses the text's first sentence. A document without a title uses its
-            first sentence either way (counted in the log). The filter's copy rule compares questions
-            with the passage body, so with "lead" set its ``copy_tasks`` to [] or it drops them all.
+            first sentence either way (counted in the log). "lead" questions are copies by design; the
+            filter's copy rule lets most pass (the template's words are not in the passage: a 15-word
+            sentence scores 0.73 against the default 0.9).
         question_template: wraps the phrase into question form so the filter's question-form rule and
             the model both see a question; "{phrase}" is the title or sentence without its final period.
         n_keywords: keyphrases per document (5, as the stage-1 teacher prompt asks).
