@@ -28,13 +28,16 @@ document; ``parent_share`` mixes the whole document's vector into each sentence.
 kept output is absent (its share goes to the present ones); a unit whose document has no kept
 output (and π = 0) keeps its own vector. A task share of 0 switches that task off in every method.
 
-Vectorised: outputs are grouped by document once (a CSR layout), each chunk of units expands to
-(unit, output) pairs, and weights are normalised with ``index_add_``/``scatter_reduce`` — no Python
-loop over documents; ``chunk_size`` bounds the pairs held at once, so a million rows fit.
+Vectorised: outputs are grouped by document once, each chunk of units expands to its (unit, output)
+pairs as a sparse CSR matrix (cosines by a sampled matrix product, the mix by a sparse-dense
+product), and weights are normalised with ``index_add_``/``scatter_reduce`` — no Python loop over
+documents, no (pairs × d) gather; ``chunk_size`` bounds the pairs and units held at once, so a
+million rows fit. Half-precision synthetic vectors are copied to float32 once.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -68,7 +71,8 @@ class RaoBlackwellConfig:
             sentence at sentence level) or ``document`` (needs ``doc_vectors`` at sentence level).
         parent_share: share π of the whole document's vector, beside the task shares, mixed into each
             sentence (sentence level; needs ``doc_vectors``). 0 turns it off.
-        chunk_size: at most this many (unit, output) pairs are expanded at once (memory bound).
+        chunk_size: at most this many (unit, output) pairs, and so units, are handled at once: memory
+            per chunk is about chunk_size × d floats (the chunk's units and mix), whatever M is.
     """
 
     method: Method = "manual"
@@ -79,7 +83,7 @@ class RaoBlackwellConfig:
     min_similarity: float | None = None
     similarity_to: Literal["unit", "document"] = "unit"
     parent_share: float = 0.0
-    chunk_size: int = 32768
+    chunk_size: int = 65536
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -121,7 +125,8 @@ class _Outputs:
     """Synthetic outputs grouped by document (CSR): the outputs of document d are
     ``order[offsets[d]:offsets[d] + counts[d]]``."""
 
-    vectors: Tensor
+    vectors: Tensor  # (M, d) float32
+    norms: Tensor
     task: Tensor
     score: Tensor | None
     order: Tensor
@@ -176,7 +181,8 @@ def rao_blackwellise(unit_vectors: Tensor, unit_to_doc: Tensor, synthetic_vector
     order = torch.argsort(synthetic_doc, stable=True)
     counts = torch.bincount(synthetic_doc, minlength=num_docs)
     offsets = torch.cumsum(counts, 0) - counts
-    outputs = _Outputs(synthetic_vectors, task_codes, score, order, offsets, counts)
+    vectors = synthetic_vectors.float()  # a float32 copy only if stored in half precision
+    outputs = _Outputs(vectors, torch.linalg.vector_norm(vectors, dim=-1), task_codes, score, order, offsets, counts)
     shares = torch.tensor([config.task_weights[t] for t in config.tasks], dtype=torch.float32, device=device)
 
     result = torch.empty_like(unit_vectors)
@@ -200,20 +206,34 @@ def rao_blackwellise(unit_vectors: Tensor, unit_to_doc: Tensor, synthetic_vector
 def _mix_for_anchors(anchor_doc: Tensor, anchors: Tensor | None, outputs: _Outputs, shares: Tensor,
                      config: RaoBlackwellConfig) -> tuple[Tensor, Tensor, Tensor]:
     """For K anchors: the weight of the unit's own vector (K,), the weighted sum of its outputs (K, d)
-    and the parent document's weight (K,)."""
+    and the parent document's weight (K,).
+
+    The (anchor, output) pairs are the non-zeros of a sparse CSR matrix (K, M): cosines are a sampled
+    matrix product and the mix a sparse-dense product, so no (pairs, d) matrix is ever gathered.
+    """
     device, num_tasks = anchor_doc.device, len(shares)
     num_anchors = len(anchor_doc)
     n = outputs.counts[anchor_doc]
+    row_ends = torch.cumsum(n, 0)
     pair_anchor = torch.repeat_interleave(torch.arange(num_anchors, device=device), n)
-    first = torch.repeat_interleave(outputs.offsets[anchor_doc] - (torch.cumsum(n, 0) - n), n)
+    first = torch.repeat_interleave(outputs.offsets[anchor_doc] - (row_ends - n), n)
+    # Within a document, ``order`` lists outputs by increasing index: sorted CSR columns, as CSR requires.
     pair_output = outputs.order[first + torch.arange(len(pair_anchor), device=device)]
+    crow = torch.cat([row_ends.new_zeros(1), row_ends])
     task = outputs.task[pair_output]
-    vectors = outputs.vectors[pair_output].float()
+
+    def sparse(values: Tensor) -> Tensor:
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the tests pin its results
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(crow, pair_output, values, size=(num_anchors, len(outputs.vectors)),
+                                           check_invariants=False)
 
     keep = shares[task] > 0
-    cosine = None
-    if config.needs_similarity:
-        cosine = (F.normalize(anchors, dim=-1)[pair_anchor] * F.normalize(vectors, dim=-1)).sum(-1)
+    cosine = torch.zeros(len(pair_output), device=device)
+    if config.needs_similarity and len(pair_output):
+        dots = torch.sparse.sampled_addmm(sparse(torch.zeros(len(pair_output), device=device)),
+                                          F.normalize(anchors, dim=-1), outputs.vectors.T, beta=0.0).values()
+        cosine = dots / outputs.norms[pair_output]
         if config.min_similarity is not None:
             keep &= cosine >= config.min_similarity
 
@@ -254,7 +274,8 @@ def _mix_for_anchors(anchor_doc: Tensor, anchors: Tensor | None, outputs: _Outpu
         own = torch.where(has_augment, torch.full_like(total, config.doc_weight), torch.ones_like(total))
         parent = parent_mass * augment
 
-    mix = torch.zeros(num_anchors, vectors.shape[1], device=device).index_add_(0, pair_anchor, coefficient[:, None] * vectors)
+    mix = sparse(coefficient) @ outputs.vectors if len(pair_output) else outputs.vectors.new_zeros(
+        num_anchors, outputs.vectors.shape[1])
     return own, mix, parent
 
 

@@ -207,7 +207,7 @@ def test_weights_of_the_unit_outputs_and_parent_sum_to_one(variant):
     vectors = torch.eye(docs * per_doc)
     config = RaoBlackwellConfig(doc_weight=0.3, **variant)
     counts = torch.full((docs,), per_doc)
-    outputs = _Outputs(vectors, torch.tensor([0, 1, 1, 0] * docs), torch.rand(docs * per_doc),
+    outputs = _Outputs(vectors, vectors.norm(dim=-1), torch.tensor([0, 1, 1, 0] * docs), torch.rand(docs * per_doc),
                        torch.arange(docs * per_doc), torch.cumsum(counts, 0) - counts, counts)
     anchors = F.normalize(torch.rand(docs, docs * per_doc) - 0.3, dim=-1)
     own, mix, parent = _mix_for_anchors(torch.arange(docs), anchors, outputs, torch.tensor([0.5, 0.5]), config)
