@@ -14,7 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from callbacks.vector_writer import VectorWriter
 from datamodules.embedding import TextsDataModule, plan_order
-from helpers import make_tiny_bert
+from helpers import CrashAfter, make_tiny_bert
 from lightning_modules.encoder import EncoderModule
 from retrieval.embed import embed_texts
 from retrieval.io import InputError
@@ -31,18 +31,6 @@ def make_items(n: int, seed: int = 0) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(make_tiny_bert(tmp_path_factory.mktemp("models") / "bert"))
-
-
-class CrashAfter(Callback):
-    """Simulates an interruption: raises once ``batches`` batches were predicted (and written)."""
-
-    def __init__(self, batches: int) -> None:
-        self.batches = batches
-
-    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch: dict,
-                             batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch_idx + 1 >= self.batches:
-            raise RuntimeError("simulated interruption")
 
 
 class RecordIds(Callback):
