@@ -21,6 +21,9 @@ from typing import Any
 
 # Importable command functions, resolved lazily so ``--help`` stays fast.
 STAGE_COMMANDS: dict[str, str] = {
+    "pipeline": "pipeline.pipeline:run_pipeline",
+    **{stage: f"pipeline.pipeline:run_{stage}" for stage in
+       ("data", "stage1", "filter", "tune", "stage2", "filter2", "embed", "evaluate")},
     "baselines": "retrieval.baselines:run_baselines",
     "downsample": "datamodules.downsample:downsample_command",
     "filter-file": "retrieval.filter:filter_command",
@@ -56,7 +59,10 @@ def run_command(command: str, args: Sequence[str]) -> Any:
     function = _resolve(STAGE_COMMANDS[command])
     parser = command_parser(command)
     config = parser.parse_args(list(args))
-    kwargs = parser.instantiate(config).as_dict()
+    try:
+        kwargs = parser.instantiate(config).as_dict()
+    except (ValueError, TypeError) as err:  # a config dataclass rejected a value: say which, no traceback
+        parser.error(str(err))
     kwargs.pop("config", None)
     kwargs.pop("__path__", None)
     return function(**kwargs)
@@ -69,14 +75,21 @@ def main(argv: Sequence[str] | None = None) -> Any:
         print(_usage())
         return None
     command, rest = argv[0], argv[1:]
-    if command in LIGHTNING_COMMANDS:
-        from lightning_modules.cli import run_lightning_cli
+    if command not in LIGHTNING_COMMANDS and command not in STAGE_COMMANDS:
+        print(f"unknown command '{command}'\n{_usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    from lightning_modules.loading import ModelNotAvailableError
+    from retrieval.io import InputError, OutputError
 
-        return run_lightning_cli([command, *rest])
-    if command in STAGE_COMMANDS:
+    try:
+        if command in LIGHTNING_COMMANDS:
+            from lightning_modules.cli import run_lightning_cli
+
+            return run_lightning_cli([command, *rest])
         return run_command(command, rest)
-    print(f"unknown command '{command}'\n{_usage()}", file=sys.stderr)
-    raise SystemExit(2)
+    except (InputError, ModelNotAvailableError, OutputError) as err:  # the message says where and what to do
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

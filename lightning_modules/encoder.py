@@ -28,7 +28,8 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 
-from lightning_modules.loading import load_pretrained, load_tokenizer, resolve_model_source
+from lightning_modules.loading import (check_all_weights_loaded, load_pretrained, load_tokenizer, quiet_transformers,
+                                       resolve_model_source)
 
 Pooling = Literal["mean", "cls"]
 _SUPPORTED_ST_MODULES = {"Transformer": "transformer", "Pooling": "pooling", "Normalize": "normalize"}
@@ -130,19 +131,6 @@ def resolve_max_length(source: EncoderSource, tokenizer: Any) -> int:
     return int(limit) if limit and limit < 1_000_000 else 512
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence the load report listing the decoder weights we skip on purpose (we check missing keys ourselves)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
 def load_text_encoder(model_path: str, trust_remote_code: bool = False,
                       allow_pickle_weights: bool = False) -> torch.nn.Module:
     """The encoder of any checkpoint, in float32, with every encoder weight loaded from the checkpoint."""
@@ -153,7 +141,7 @@ def load_text_encoder(model_path: str, trust_remote_code: bool = False,
     common = dict(trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights,
                   dtype=torch.float32, output_loading_info=True)
     if config.model_type == "encoder-decoder":  # transformers' EncoderDecoderModel: keys "encoder.*" / "decoder.*"
-        with _quiet_transformers():
+        with quiet_transformers():
             model, info = load_pretrained(AutoModel, model_path, config=config.encoder,
                                           key_mapping={r"^encoder\.": ""}, **common)
     elif config.model_type in MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES:  # BERT-like, or T5EncoderModel for T5 family
@@ -164,10 +152,7 @@ def load_text_encoder(model_path: str, trust_remote_code: bool = False,
             encoder = model.get_encoder()
             del model
             model = encoder
-    missing = [key for key in info["missing_keys"] if not key.startswith("pooler.")]  # the pooler is unused here
-    if missing:
-        raise ValueError(f"checkpoint '{model_path}' lacks {len(missing)} encoder weights (first: {missing[:3]}); "
-                         "it is not a checkpoint of this architecture")
+    check_all_weights_loaded(info, model_path, ignore_prefixes=("pooler.",))  # the pooler is unused here
     return model.eval()
 
 

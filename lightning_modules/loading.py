@@ -8,10 +8,12 @@ the user opts in, and (3) load safetensors only unless pickled weights are expli
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import socket
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -40,6 +42,20 @@ def offline_copy(name: str) -> str | None:
     except ImportError:
         return None
     return str(module.get_model_path())
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report for weights skipped or initialised on purpose (warm starts,
+    encoder-only loads); callers check what matters themselves."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 class ModelNotAvailableError(OSError):
@@ -118,14 +134,40 @@ def check_weight_format(source: str, allow_pickle: bool) -> None:
             "save_pretrained(..., safe_serialization=True)) or set allow_pickle_weights=true if you trust the file.")
 
 
+def check_all_weights_loaded(info: dict[str, Any], source: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Refuse a checkpoint that lacks weights the model needs (``from_pretrained``'s ``output_loading_info``).
+
+    transformers only warns and initialises missing weights at random, so a folder whose weights belong to
+    another model (a config.json beside the wrong safetensors, another architecture's tuned model) would
+    otherwise run, and generate or embed noise, for hours.
+    """
+    missing = [key for key in info.get("missing_keys", ()) if not key.startswith(ignore_prefixes)]
+    if missing:
+        from retrieval.io import InputError
+
+        raise InputError(f"its weights belong to another model: {len(missing)} weights this architecture needs are "
+                         f"missing (first: {', '.join(sorted(missing)[:3])})", path=source,
+                         hint="point at the folder save_pretrained wrote for this model; its config.json must "
+                              "describe the weights beside it")
+
+
 def load_pretrained(cls: type[T], name_or_path: str | os.PathLike, *, trust_remote_code: bool = False,
-                    allow_pickle_weights: bool = False, **kwargs: Any) -> T:
-    """``cls.from_pretrained`` with the checks above; ``use_safetensors`` unless pickle is allowed."""
+                    allow_pickle_weights: bool = False, require_all_weights: bool = False, **kwargs: Any) -> T:
+    """``cls.from_pretrained`` with the checks above; ``use_safetensors`` unless pickle is allowed.
+
+    ``require_all_weights``: fail (:func:`check_all_weights_loaded`) instead of initialising missing weights
+    at random; off where that is the point (a decoder warm-started from an encoder gains cross-attention).
+    """
     source = resolve_model_source(name_or_path)
     check_weight_format(source, allow_pickle_weights)
     if not allow_pickle_weights:
         kwargs.setdefault("use_safetensors", True)
-    return cls.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)  # type: ignore[attr-defined]
+    if not require_all_weights:
+        return cls.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)  # type: ignore[attr-defined]
+    model, info = cls.from_pretrained(source, trust_remote_code=trust_remote_code,  # type: ignore[attr-defined]
+                                      output_loading_info=True, **kwargs)
+    check_all_weights_loaded(info, source)
+    return model
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False, **kwargs: Any) -> Any:

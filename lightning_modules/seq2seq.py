@@ -32,7 +32,9 @@ from transformers import (Adafactor, AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.modeling_outputs import BaseModelOutput
 
 from lightning_modules.decoding import DecodingConfig, document_seed, generation_config, sampling_processors
-from lightning_modules.loading import SAFE_WEIGHT_FILES, load_pretrained, load_tokenizer, resolve_model_source
+from lightning_modules.loading import (SAFE_WEIGHT_FILES, load_pretrained, load_tokenizer, quiet_transformers,
+                                       resolve_model_source)
+from retrieval.io import InputError
 
 # Model families whose activations overflow fp16 (T5's feed-forward outputs exceed 65504): bf16 or fp32 only.
 FP16_UNSAFE_MODEL_TYPES = frozenset({"t5", "mt5", "umt5", "longt5", "switch_transformers"})
@@ -74,10 +76,12 @@ def _model_types(config: Any) -> set[str]:
 
 
 def warm_start_encoder_decoder(encoder_path: str, tokenizer: PreTrainedTokenizerBase, *,
-                               trust_remote_code: bool = False, allow_pickle_weights: bool = False) -> PreTrainedModel:
+                               trust_remote_code: bool = False, allow_pickle_weights: bool = False,
+                               decoder_layers: int | None = None) -> PreTrainedModel:
     """A BERT2BERT-style ``EncoderDecoderModel``: encoder and decoder both initialised from ``encoder_path``.
 
-    The encoder is exactly the checkpoint (its embeddings are unchanged); the decoder copies its weights,
+    The encoder is exactly the checkpoint (its embeddings are unchanged); the decoder copies its weights
+    (its first ``decoder_layers`` layers when set: a shallower decoder trains and generates faster),
     becomes causal and gains randomly initialised cross-attention. Special ids follow BERT: generation
     starts at CLS, stops at SEP, pads with PAD.
     """
@@ -91,7 +95,13 @@ def warm_start_encoder_decoder(encoder_path: str, tokenizer: PreTrainedTokenizer
                                                 trust_remote_code=trust_remote_code)
     decoder_config.is_decoder = True
     decoder_config.add_cross_attention = True
-    decoder = load_pretrained(AutoModelForCausalLM, encoder_path, config=decoder_config, **options)
+    if decoder_layers is not None:
+        if not 1 <= decoder_layers <= decoder_config.num_hidden_layers:
+            raise ValueError(f"decoder_layers must lie in [1, {decoder_config.num_hidden_layers}] (the layers of "
+                             f"'{encoder_path}'), got {decoder_layers}")
+        decoder_config.num_hidden_layers = decoder_layers
+    with quiet_transformers():  # the report lists the cross-attention we add on purpose
+        decoder = load_pretrained(AutoModelForCausalLM, encoder_path, config=decoder_config, **options)
     model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
     model.config.decoder_start_token_id = start
     model.config.eos_token_id = eos
@@ -123,7 +133,8 @@ class Seq2SeqModule(LightningModule):
                  max_input_length: int = 512, learning_rate: float = 1e-4,
                  optimizer: Literal["adafactor", "adamw"] = "adafactor", weight_decay: float = 0.0,
                  freeze_encoder: bool = False, trust_remote_code: bool = False,
-                 allow_pickle_weights: bool = False, model_label: str | None = None) -> None:
+                 allow_pickle_weights: bool = False, model_label: str | None = None,
+                 decoder_layers: int | None = None) -> None:
         """
         Args:
             model_name_or_path: a seq2seq model (hub name, e.g. google/flan-t5-base, or a local folder).
@@ -139,6 +150,7 @@ class Seq2SeqModule(LightningModule):
             trust_remote_code: allow model code from the checkpoint folder (off by default).
             allow_pickle_weights: accept pickled ``.bin`` weights (off: safetensors only).
             model_label: the ``model`` field of generated records (default: the model's name or path).
+            decoder_layers: warm start only: keep the first this many layers in the decoder (default: all).
         """
         super().__init__()
         if (model_name_or_path is None) == (warm_start_encoder is None):
@@ -147,6 +159,9 @@ class Seq2SeqModule(LightningModule):
                              f"warm_start_encoder={warm_start_encoder!r}")
         if optimizer not in ("adafactor", "adamw"):
             raise ValueError(f"optimizer must be 'adafactor' or 'adamw', got '{optimizer}'")
+        if decoder_layers is not None and warm_start_encoder is None:
+            raise ValueError("decoder_layers applies to a warm start (warm_start_encoder); a pretrained seq2seq "
+                             "model keeps its own decoder")
         if max_input_length < 1:
             raise ValueError(f"max_input_length must be >= 1, got {max_input_length}")
         if isinstance(decoding, dict):  # as stored in checkpoints (see below)
@@ -163,11 +178,12 @@ class Seq2SeqModule(LightningModule):
         if warm_start_encoder is not None:
             self.model = warm_start_encoder_decoder(warm_start_encoder, self.tokenizer,
                                                     trust_remote_code=trust_remote_code,
-                                                    allow_pickle_weights=allow_pickle_weights)
+                                                    allow_pickle_weights=allow_pickle_weights,
+                                                    decoder_layers=decoder_layers)
         else:
             self.model = load_pretrained(AutoModelForSeq2SeqLM, model_name_or_path,
                                          trust_remote_code=trust_remote_code,
-                                         allow_pickle_weights=allow_pickle_weights)
+                                         allow_pickle_weights=allow_pickle_weights, require_all_weights=True)
         self.model.train()  # from_pretrained returns eval mode, and Lightning 2.x keeps a module's mode in fit
         if freeze_encoder:
             self.model.get_encoder().requires_grad_(False)
@@ -181,6 +197,24 @@ class Seq2SeqModule(LightningModule):
             raise ValueError(f"precision '{precision}' is not supported for {'/'.join(sorted(unsafe))} models: T5 "
                              "activations overflow float16 and give NaN losses and empty generations. Use "
                              "precision 'bf16-mixed' on GPUs that support it, or '32-true'.")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model (``fit --ckpt_path``) with one clear message.
+
+        Lightning's strict load would fail too, but with a list of hundreds of key names; a shape
+        mismatch (same architecture, other sizes) would fail the same way.
+        """
+        saved, own = checkpoint.get("state_dict", {}), self.state_dict()
+        absent = [key for key in own if key not in saved]
+        foreign = [key for key in saved if key not in own]
+        reshaped = [key for key in own if key in saved and tuple(saved[key].shape) != tuple(own[key].shape)]
+        if absent or foreign or reshaped:
+            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            examples = ", ".join((absent + foreign + reshaped)[:3])
+            raise InputError(f"checkpoint '{path}' holds a different model than the one configured "
+                             f"({type(self.model).__name__}): {len(absent)} weights missing, {len(foreign)} unknown, "
+                             f"{len(reshaped)} of another shape (e.g. {examples})",
+                             hint="pass --ckpt_path of a run of this model, or configure the model it was made from")
 
     def _check_batch(self, batch: dict[str, Any], keys: tuple[str, ...]) -> None:
         missing = [key for key in keys if key not in batch]

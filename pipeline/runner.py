@@ -40,6 +40,7 @@ class Stage:
     settings: Callable[[], Any]
     outputs: Callable[[], Sequence[str]]
     depends_on: Callable[[], Sequence[str]] = field(default=lambda: ())
+    collective: bool = False  # every process runs it (Lightning loops); else global rank 0 runs it alone
 
 
 def fingerprint(settings: Any, upstream: dict[str, str]) -> str:
@@ -121,8 +122,22 @@ def plan_stages(stages: Sequence[Stage], run_dir: Path, only: Sequence[str] | No
     return planned
 
 
+def wait_for_marker(run_dir: Path, name: str, print_: str, poll_s: float = 2.0, timeout_s: float | None = None) -> None:
+    """Block until global rank 0 has finished stage ``name`` (its marker holds ``print_``)."""
+    start = time.monotonic()
+    while (read_marker(run_dir, name) or {}).get("fingerprint") != print_:
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"stage '{name}' did not finish on rank 0 within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
 def execute_plan(planned: Sequence[PlannedStage], run_dir: Path, is_global_zero: bool = True) -> list[StageOutcome]:
-    """Run the planned stages; only the global-zero process writes markers."""
+    """Run the planned stages; only the global-zero process writes markers.
+
+    Under DDP every process executes the same plan: collective stages (Lightning loops) run
+    everywhere; the others run on global rank 0 while the rest wait for its marker, so files
+    are written once and read by all after they are complete.
+    """
     outcomes: list[StageOutcome] = []
     for item in planned:
         stage = item.stage
@@ -134,7 +149,10 @@ def execute_plan(planned: Sequence[PlannedStage], run_dir: Path, is_global_zero:
             _marker_path(run_dir, stage.name).unlink(missing_ok=True)
         log.info("stage %s: running (%s)", stage.name, item.fingerprint)
         start = time.perf_counter()
-        stage.run()
+        if stage.collective or is_global_zero:
+            stage.run()
+        else:
+            wait_for_marker(run_dir, stage.name, item.fingerprint)
         seconds = time.perf_counter() - start
         if is_global_zero:
             missing = [out for out in stage.outputs() if not (run_dir / out).exists()]

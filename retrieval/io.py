@@ -8,6 +8,7 @@ trust, and a bad line must be reported with its file, line and field so the user
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -35,6 +36,32 @@ class InputError(ValueError):
         self.path, self.line, self.field, self.hint = path, line, field, hint
 
 
+class OutputError(OSError):
+    """A file could not be written (disk full, read-only, no permission): which file, why, and what to do.
+
+    An ``OSError`` still (callers that catch those keep working), with a message a user can act on.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+# Errors that only a write can raise: from inside a writing block they are reported as write failures.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def write_error(path: str | os.PathLike, err: OSError) -> OutputError:
+    """An :class:`OutputError` for a failed write of ``path``, with a hint that fits the cause."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = "free space on that device (or raise the quota), or point run_dir at another one, then rerun"
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "make the folder writable, or point run_dir at a writable one, then rerun"
+    else:
+        hint = "check the folder, then rerun"
+    reason = err.strerror or str(err)
+    return OutputError(err.errno, f"cannot write {path}: {reason} ({hint}; earlier files were left as they were)")
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -51,18 +78,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary file lives in the same directory so the final ``os.replace`` is atomic.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise write_error(path, err) from err
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; a shared run directory wants the usual mode
+    in_caller = False
     try:
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; a shared run directory wants the usual mode
+        in_caller = True
         yield tmp_path
+        in_caller = False
         _fsync(tmp_path)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        # Our own steps only write; the caller's block may also read, so only write errnos count there.
+        failed_write = not in_caller or err.errno in WRITE_ERRNOS if isinstance(err, OSError) else False
+        if failed_write and not isinstance(err, OutputError):
+            raise write_error(path, err) from err
         raise
 
 

@@ -1,0 +1,46 @@
+"""Where each stage writes inside a run directory (relative paths): the contract between stages."""
+
+from __future__ import annotations
+
+from datamodules.downsample import KEPT_DOCS_FILE, KEPT_QUERIES_FILE
+from retrieval.results import RESULTS_JSON, RESULTS_MD  # noqa: F401  (re-exported: the table files)
+
+PIPELINE_CONFIG = "pipeline-config.json"
+KEPT_DOCS = str(KEPT_DOCS_FILE)
+KEPT_QUERIES = str(KEPT_QUERIES_FILE)
+STAGE1 = "synthetic/stage1.jsonl"
+STAGE1_KEPT = "synthetic/stage1.kept.jsonl"
+STAGE2 = "synthetic/stage2.jsonl"
+STAGE2_KEPT = "synthetic/stage2.kept.jsonl"
+STAGE2_FILTER_REPORT = "synthetic/stage2.filter_report.json"
+SELFINSTRUCT_DIR = "selfinstruct"
+TRAIN = "selfinstruct/train.jsonl"
+VAL = "selfinstruct/val.jsonl"
+FILTER_REPORT = "filter_report.json"
+FIT_DIR = "fit"
+TUNED_MODEL = "fit/model"
+VECTORS_DIR = "vectors"
+DOCUMENTS = "vectors/documents.safetensors"
+SENTENCES = "vectors/sentences.safetensors"
+QUERIES = "vectors/queries.safetensors"
+SWEEP_JSON = "sweep.json"
+SWEEP_PLOT = "plots/weight_sweep.png"
+TIMINGS = "timings.json"
+
+
+def synthetic_vectors(stage: str) -> str:
+    """Embeddings of the synthetic texts of ``stage1``/``stage2`` (keys ``doc_id|task|sample_idx``)."""
+    return f"vectors/synthetic-{stage}.safetensors"
+
+
+def expansion_vectors(stage: str) -> str:
+    """Embeddings of documents with their synthetic questions appended (docTTTTTquery-style)."""
+    return f"vectors/expansion-{stage}.safetensors"
+
+
+def vector_outputs(sentences: bool) -> list[str]:
+    outputs = [DOCUMENTS, QUERIES, synthetic_vectors("stage1"), synthetic_vectors("stage2"),
+               expansion_vectors("stage1"), expansion_vectors("stage2")]
+    return outputs + ([SENTENCES] if sentences else [])
+
+

@@ -1,0 +1,40 @@
+"""What a pipeline run prints at its end: the results table and the wall time of every stage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pipeline import layout
+from pipeline.runner import StageOutcome, read_marker
+from retrieval.io import write_json_atomic
+from retrieval.results import format_table, read_results
+
+if TYPE_CHECKING:
+    from pipeline.pipeline import PipelineContext
+
+
+def stage_timings(ctx: PipelineContext, names: Sequence[str]) -> list[dict[str, object]]:
+    """Seconds each stage took when it last ran (from its marker), for runs resumed over several calls."""
+    timings = []
+    for name in names:
+        marker = read_marker(ctx.run_dir, name)
+        if marker is not None:
+            timings.append({"stage": name, "seconds": marker.get("seconds"), "finished_at": marker.get("finished_at")})
+    return timings
+
+
+def print_summary(ctx: PipelineContext, outcomes: Sequence[StageOutcome]) -> None:
+    """Print the stage table (ran/skipped, seconds) and the results table; save the timings."""
+    timings = stage_timings(ctx, [o.name for o in outcomes])
+    write_json_atomic(ctx.run_dir / layout.TIMINGS, {"stages": timings,
+                                                     "total_seconds": sum(t["seconds"] or 0 for t in timings)})
+    last = {t["stage"]: t["seconds"] for t in timings}
+    lines = ["| stage | this call | seconds (last run) |", "|---|---|---:|"]
+    lines += [f"| {o.name} | {o.status} | {last.get(o.name, 0) or 0:.1f} |" for o in outcomes]
+    print("\n".join(lines))
+    results = ctx.run_dir / layout.RESULTS_JSON
+    if results.is_file():
+        dataset, split, rows = read_results(results)
+        print(f"\nResults on {dataset} ({split}), {ctx.run_dir / layout.RESULTS_MD}:\n")
+        print(format_table(rows, ctx.evaluate.columns))

@@ -1,0 +1,116 @@
+"""The whole pipeline on the tiny BEIR fixture with a tiny warm-started encoder-decoder.
+
+One run end to end (every stage's files, every row of the table), then: a second run skips
+every stage; a changed Rao-Blackwell weight reruns only the evaluate stage; one stage alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import train
+from helpers import make_tiny_bert2bert, one_thread  # noqa: F401  (fixture)
+from pipeline import layout
+from pipeline.config import STAGES
+
+FIXTURE = Path(__file__).parent / "data" / "tiny_beir"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert2bert(tmp_path_factory.mktemp("models") / "bert2bert")
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """A profile in the shape of configs/profiles/*.yaml, small enough to run in seconds."""
+    config = {
+        "data": {"path": str(FIXTURE), "split": "test"},
+        "model": {"class_path": "lightning_modules.seq2seq.Seq2SeqModule",
+                  "init_args": {"model_name_or_path": str(tiny_model), "max_input_length": 64}},
+        "stage1": {"source": "extractive"},
+        "generation": {"batch_size": 8, "decoding": {"num_samples": 2, "max_new_tokens": 6, "top_k": 20,
+                                                      "top_p": None}},
+        "filter": {"roundtrip_k": 100, "question_form": False, "min_words": {"question": 1, "keywords": 1},
+                   "min_keywords": 1, "repetition_ngram": 3, "max_repeat_ratio": 1.0, "max_token_run": 100,
+                   "val_fraction": 0.3},
+        "fit": {"trainer": {"max_epochs": 1, "enable_progress_bar": False}},
+        "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "enable_progress_bar": False},
+        "embed": {"batch_size": 16},
+        "evaluate": {"sweep_doc_weights": [0.5, 1.0], "k_values": [1, 10, 100]},
+        "logger": {"wandb": False},
+    }
+    path = tmp_path_factory.mktemp("profiles") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _run(profile: Path, run_dir: Path, *extra: str) -> list:
+    return train.main(["pipeline", "-c", str(profile), "--run_dir", str(run_dir), *extra])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, profile: Path) -> tuple[Path, list]:
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    return run_dir, _run(profile, run_dir)
+
+
+def test_every_stage_runs_and_writes_its_files(finished_run: tuple[Path, list]) -> None:
+    run_dir, outcomes = finished_run
+    assert [o.name for o in outcomes] == list(STAGES)
+    assert all(o.status == "ran" for o in outcomes)
+    for path in [layout.KEPT_DOCS, layout.STAGE1, layout.STAGE1_KEPT, layout.TRAIN, layout.VAL, layout.FILTER_REPORT,
+                 layout.TUNED_MODEL + "/config.json", layout.STAGE2, layout.STAGE2_KEPT, layout.RESULTS_JSON,
+                 layout.RESULTS_MD, layout.SWEEP_JSON, layout.SWEEP_PLOT, *layout.vector_outputs(True)]:
+        assert (run_dir / path).is_file(), path
+    stage2 = [json.loads(line) for line in (run_dir / layout.STAGE2).read_text().splitlines()]
+    docs = (run_dir / layout.KEPT_DOCS).read_text().split()
+    assert len(stage2) == len(docs) * 2 * 2  # documents x tasks x samples
+    assert {r["stage"] for r in stage2} == {2}
+
+
+def test_results_table_has_every_row(finished_run: tuple[Path, list]) -> None:
+    run_dir, _ = finished_run
+    results = json.loads((run_dir / layout.RESULTS_JSON).read_text())
+    systems = [row["system"] for row in results["rows"]]
+    expected = ["bm25", "dense", "dense-sentence", "expansion-dense-stage1", "expansion-bm25-stage1",
+                "expansion-dense", "expansion-bm25"]
+    expected += [f"rb-{m}-{level}-{s}" for s in ("stage1", "stage2") for m in ("manual", "uniform", "bertscore",
+                                                                           "softmax")
+                 for level in ("doc", "sentence", "multi")]
+    assert sorted(systems) == sorted(expected)
+    assert results["dataset"] == "tiny_beir" and results["split"] == "test"
+    for row in results["rows"]:
+        assert 0.0 <= row["ndcg@10"] <= 1.0 and 0.0 <= row["recall@100"] <= 1.0
+    markdown = (run_dir / layout.RESULTS_MD).read_text()
+    assert all(f"| {system} |" in markdown for system in systems)
+
+
+def test_second_run_skips_every_stage(finished_run: tuple[Path, list], profile: Path) -> None:
+    run_dir, _ = finished_run
+    outcomes = _run(profile, run_dir)
+    assert [o.status for o in outcomes] == ["skipped"] * len(STAGES)
+
+
+def test_changed_weight_reruns_only_evaluation(finished_run: tuple[Path, list], profile: Path) -> None:
+    run_dir, _ = finished_run
+    before = json.loads((run_dir / layout.RESULTS_JSON).read_text())
+    outcomes = _run(profile, run_dir, "--rao_blackwell.doc_weight", "0.3")
+    assert {o.name: o.status for o in outcomes} == {**{name: "skipped" for name in STAGES}, "evaluate": "ran"}
+    after = json.loads((run_dir / layout.RESULTS_JSON).read_text())
+    row = next(r for r in after["rows"] if r["system"] == "rb-manual-doc-stage1")
+    assert row["rao_blackwell"]["doc_weight"] == 0.3
+    assert [r["system"] for r in after["rows"]] == [r["system"] for r in before["rows"]]
+    _run(profile, run_dir)  # restore, so test order does not matter
+
+
+def test_a_stage_alone_needs_its_inputs(tmp_path: Path, profile: Path) -> None:
+    with pytest.raises(RuntimeError, match="needs the outputs of stage 'filter'"):
+        train.main(["embed", "-c", str(profile), "--run_dir", str(tmp_path / "empty")])
+    outcomes = train.main(["data", "-c", str(profile), "--run_dir", str(tmp_path / "empty")])
+    assert [(o.name, o.status) for o in outcomes] == [("data", "ran")]
