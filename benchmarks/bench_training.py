@@ -19,8 +19,8 @@ read by :class:`~datamodules.selfinstruct.SelfInstructDataModule` on both sides.
 
 Timed: ``--steps`` optimizer steps after ``--warmup`` untimed ones, from the start of the first timed
 batch to the end of the last (CUDA synchronised), data loading included on both sides. Tokens are the
-non-padding input tokens plus the target tokens. Sides alternate for ``--rounds`` rounds, each on a
-freshly built model; the median round counts. ``ratio`` = our tokens/s / the anchor's (1.0 = no overhead).
+non-padding input tokens plus the target tokens. Sides alternate for ``--rounds`` rounds (the order
+flips every round), each on a freshly built model; the median round counts. ``ratio`` = our tokens/s / the anchor's (1.0 = no overhead).
 """
 
 from __future__ import annotations
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         encoder = random_encoder(args.encoder, tmp_dir, seed=0) if args.random_init else args.encoder
         runs: dict[str, list[dict[str, float]]] = {"ours": [], "anchor": []}
         for round_index in range(args.rounds):
-            for side, run in (("ours", run_ours), ("anchor", run_anchor)):
+            sides = (("ours", run_ours), ("anchor", run_anchor))
+            for side, run in sides if round_index % 2 == 0 else sides[::-1]:  # first-run costs fall on both
                 module, data = build(encoder, train_file, tmp_dir / "cache", args.batch_size, args.max_input_length)
                 result = rates(run(module, data, device, args.steps, args.warmup))
                 runs[side].append(result)
