@@ -56,6 +56,7 @@ PARSERS: dict[str, Callable[[Path], None]] = {
     "baselines": parse_stage_command("baselines"),
     "prompts": parse_dataclass("datamodules.prompts", "PromptTemplates"),
     "filter": parse_dataclass("retrieval.filter", "FilterConfig"),
+    "profiles": parse_stage_command("pipeline"),
 }
 """configs/<folder> -> a function that raises when a YAML file there does not fit the code."""
 
