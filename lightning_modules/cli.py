@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -40,7 +41,7 @@ from callbacks.save_best import SaveBestPretrained
 from callbacks.wandb_logger import OfflineFirstWandbLogger
 from datamodules.selfinstruct import SelfInstructDataModule
 from lightning_modules.seq2seq import Seq2SeqModule
-from retrieval.io import write_text_atomic
+from retrieval.io import InputError, write_text_atomic
 
 DEFAULT_RUN_DIR = "runs/fit"
 CONFIG_FILE = "config.yaml"
@@ -61,6 +62,41 @@ PAPER_CALLBACK_DEFAULTS: dict[str, Any] = {
     "last_checkpoint.monitor": None, "last_checkpoint.save_top_k": 1, "last_checkpoint.filename": "last",
     "last_checkpoint.enable_version_counter": False,
 }
+
+
+MODEL_IDENTITY = ("model_name_or_path", "warm_start_encoder", "tokenizer_name_or_path", "decoder_layers")
+"""Seq2SeqModule arguments that decide which model (architecture and starting weights) a checkpoint holds."""
+
+
+def _same_source(saved: Any, configured: Any) -> bool:
+    if saved == configured:
+        return True
+    if isinstance(saved, str) and isinstance(configured, str) and Path(saved).exists() and Path(configured).exists():
+        return Path(saved).resolve() == Path(configured).resolve()
+    return False
+
+
+def check_checkpoint_model(ckpt_path: str | os.PathLike, model: Namespace) -> None:
+    """Refuse a checkpoint made from another model than the configured one (``fit --ckpt_path FILE``).
+
+    Why: given a checkpoint file, LightningCLI replaces the configured model's arguments with the ones
+    saved in the checkpoint, so a wrong path would silently train (and hand stage 2) another model.
+    Read with ``weights_only=True`` and memory-mapped: only the small hyperparameter dict is touched.
+    """
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
+    if not saved:
+        return
+    configured = model.get("init_args") or Namespace()
+    differences = [(key, saved.get(key), configured.get(key)) for key in MODEL_IDENTITY
+                   if not _same_source(saved.get(key), configured.get(key))]
+    if saved.get("_class_path") not in (None, model.get("class_path")):
+        differences.insert(0, ("class_path", saved.get("_class_path"), model.get("class_path")))
+    if differences:
+        said = "; ".join(f"{key} is {old!r} there but {new!r} in the configuration" for key, old, new in differences)
+        raise InputError(f"checkpoint of a different model: {said}", path=ckpt_path, field="ckpt_path",
+                         hint="resuming restores the checkpoint's model: pass the checkpoint of a run of the "
+                              "configured model, configure the checkpoint's model, or start fresh (drop --ckpt_path, "
+                              "or delete that checkpoint)")
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -133,9 +169,20 @@ class SelfInstructCLI(LightningCLI):
                                    "init_args": {"logging_interval": "epoch"}}],
         })
 
+    def _parse_ckpt_path(self) -> None:
+        """Check a checkpoint file's model before Lightning adopts its hyperparameters."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            check_checkpoint_model(ckpt_path, self.config[subcommand].model)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         _resolve_run_paths(config)
+        last = Path(config.last_checkpoint.dirpath) / "last.ckpt"
+        if self.subcommand and config.get("ckpt_path") == "last" and last.is_file():
+            check_checkpoint_model(last, config.model)  # before anything is written into the run directory
         if self.subcommand and config.get("weights_only") is None:
             config.weights_only = True  # torch.load refuses pickled objects in checkpoints (issue 6, security)
 

@@ -34,7 +34,6 @@ from transformers.modeling_outputs import BaseModelOutput
 from lightning_modules.decoding import DecodingConfig, document_seed, generation_config, sampling_processors
 from lightning_modules.loading import (SAFE_WEIGHT_FILES, load_pretrained, load_tokenizer, quiet_transformers,
                                        resolve_model_source)
-from retrieval.io import InputError
 
 # Model families whose activations overflow fp16 (T5's feed-forward outputs exceed 65504): bf16 or fp32 only.
 FP16_UNSAFE_MODEL_TYPES = frozenset({"t5", "mt5", "umt5", "longt5", "switch_transformers"})
@@ -197,24 +196,6 @@ class Seq2SeqModule(LightningModule):
             raise ValueError(f"precision '{precision}' is not supported for {'/'.join(sorted(unsafe))} models: T5 "
                              "activations overflow float16 and give NaN losses and empty generations. Use "
                              "precision 'bf16-mixed' on GPUs that support it, or '32-true'.")
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another model (``fit --ckpt_path``) with one clear message.
-
-        Lightning's strict load would fail too, but with a list of hundreds of key names; a shape
-        mismatch (same architecture, other sizes) would fail the same way.
-        """
-        saved, own = checkpoint.get("state_dict", {}), self.state_dict()
-        absent = [key for key in own if key not in saved]
-        foreign = [key for key in saved if key not in own]
-        reshaped = [key for key in own if key in saved and tuple(saved[key].shape) != tuple(own[key].shape)]
-        if absent or foreign or reshaped:
-            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
-            examples = ", ".join((absent + foreign + reshaped)[:3])
-            raise InputError(f"checkpoint '{path}' holds a different model than the one configured "
-                             f"({type(self.model).__name__}): {len(absent)} weights missing, {len(foreign)} unknown, "
-                             f"{len(reshaped)} of another shape (e.g. {examples})",
-                             hint="pass --ckpt_path of a run of this model, or configure the model it was made from")
 
     def _check_batch(self, batch: dict[str, Any], keys: tuple[str, ...]) -> None:
         missing = [key for key in keys if key not in batch]

@@ -104,6 +104,28 @@ def make_tiny_bert2bert(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
+def tiny_pipeline_profile(data: str | Path, model: str | Path, **sections: Any) -> dict[str, Any]:
+    """A pipeline profile in the shape of ``configs/profiles/*.yaml``, small enough to run in seconds on
+    the tiny BEIR fixture with a tiny model; ``sections`` replace whole sections (``evaluate={...}``)."""
+    config = {
+        "data": {"path": str(data), "split": "test"},
+        "model": {"class_path": "lightning_modules.seq2seq.Seq2SeqModule",
+                  "init_args": {"model_name_or_path": str(model), "max_input_length": 64}},
+        "stage1": {"source": "extractive"},
+        "generation": {"batch_size": 8, "decoding": {"num_samples": 2, "max_new_tokens": 6, "top_k": 20,
+                                                      "top_p": None}},
+        "filter": {"roundtrip_k": 100, "question_form": False, "min_words": {"question": 1, "keywords": 1},
+                   "min_keywords": 1, "repetition_ngram": 3, "max_repeat_ratio": 1.0, "max_token_run": 100,
+                   "val_fraction": 0.3},
+        "fit": {"trainer": {"max_epochs": 1, "enable_progress_bar": False}},
+        "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "enable_progress_bar": False},
+        "embed": {"batch_size": 16},
+        "evaluate": {"sweep_doc_weights": [0.5, 1.0], "k_values": [1, 10, 100]},
+        "logger": {"wandb": False},
+    }
+    return {**config, **sections}
+
+
 class CrashAfter(Callback):
     """Simulates an interruption of ``trainer.predict``: raises once ``batches`` batches were predicted (and written)."""
 

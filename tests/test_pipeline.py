@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import train
-from helpers import make_tiny_bert2bert, one_thread  # noqa: F401  (fixture)
+from helpers import make_tiny_bert2bert, one_thread, tiny_pipeline_profile  # noqa: F401  (fixture)
 from pipeline import layout
 from pipeline.config import STAGES
 
@@ -29,22 +29,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     """A profile in the shape of configs/profiles/*.yaml, small enough to run in seconds."""
-    config = {
-        "data": {"path": str(FIXTURE), "split": "test"},
-        "model": {"class_path": "lightning_modules.seq2seq.Seq2SeqModule",
-                  "init_args": {"model_name_or_path": str(tiny_model), "max_input_length": 64}},
-        "stage1": {"source": "extractive"},
-        "generation": {"batch_size": 8, "decoding": {"num_samples": 2, "max_new_tokens": 6, "top_k": 20,
-                                                      "top_p": None}},
-        "filter": {"roundtrip_k": 100, "question_form": False, "min_words": {"question": 1, "keywords": 1},
-                   "min_keywords": 1, "repetition_ngram": 3, "max_repeat_ratio": 1.0, "max_token_run": 100,
-                   "val_fraction": 0.3},
-        "fit": {"trainer": {"max_epochs": 1, "enable_progress_bar": False}},
-        "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "enable_progress_bar": False},
-        "embed": {"batch_size": 16},
-        "evaluate": {"sweep_doc_weights": [0.5, 1.0], "k_values": [1, 10, 100]},
-        "logger": {"wandb": False},
-    }
+    config = tiny_pipeline_profile(FIXTURE, tiny_model)
     path = tmp_path_factory.mktemp("profiles") / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
