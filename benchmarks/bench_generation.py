@@ -288,6 +288,7 @@ def scale_run(count: int, work: Path, batch_size: int) -> dict[str, Any]:
         make_tiny_t5(model, num_layers=1, num_decoder_layers=1, num_heads=1, d_kv=32)
     documents = synthetic_documents(count)
     output = Path(tempfile.mkdtemp(dir=work, prefix=f"scale-{count}-")) / "stage1.jsonl"
+    before = current_rss_mb()  # imports, model and the input corpus: what the stage starts from
     start = time.perf_counter()
     generate_synthetic(documents, str(model), decoding=DecodingConfig(num_samples=1, max_new_tokens=4), output=output,
                        batch_size=batch_size, progress=False)
@@ -295,9 +296,15 @@ def scale_run(count: int, work: Path, batch_size: int) -> dict[str, Any]:
     with open(output, "rb") as handle:
         records = sum(1 for _ in handle)
     shutil.rmtree(output.parent)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"documents": count, "records": records, "seconds": round(seconds, 1),
-            "ms_per_document": round(1000 * seconds / count, 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "ms_per_document": round(1000 * seconds / count, 3), "peak_rss_mb": round(peak, 1),
+            "rss_before_stage_mb": round(before, 1), "stage_growth_mb": round(peak - before, 1)}
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def scale(sizes: list[int], work: Path, batch_size: int, command: str, output: Path) -> dict[str, Any]:

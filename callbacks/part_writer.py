@@ -44,13 +44,14 @@ class RankPartWriter(BasePredictionWriter, ABC):
 
     def __init__(self, output: str | Path, order: Sequence[str] | None = None, fingerprint: str = "default",
                  keep_parts: bool = False) -> None:
-        """``order``: the keys of the final file in canonical order (None: sorted keys);
-        ``keep_parts``: leave the part files after the merge (for audits and tests)."""
+        """``order``: the keys of the final file in canonical order (None: sorted keys); kept as given, not
+        copied, so a lazy sequence keeps millions of keys out of memory; ``keep_parts``: leave the part files
+        after the merge (for audits and tests)."""
         super().__init__(write_interval="batch")
         if not fingerprint or "/" in fingerprint or fingerprint.startswith("."):
             raise ValueError(f"fingerprint must be a plain folder name, got '{fingerprint}'")
         self.output = Path(output)
-        self.order = list(order) if order is not None else None
+        self.order = order
         self.fingerprint = fingerprint
         self.keep_parts = keep_parts
         self.attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -65,7 +66,7 @@ class RankPartWriter(BasePredictionWriter, ABC):
         """The keys stored in one part file, in row order."""
 
     @abstractmethod
-    def write_merged(self, path: Path, order: list[str], parts: list[Path], locations: Locations) -> None:
+    def write_merged(self, path: Path, order: Sequence[str], parts: list[Path], locations: Locations) -> None:
         """Write the final file at ``path`` (a temporary file): one record per key of ``order``,
         taken from ``parts[locations[key][0]]`` at row ``locations[key][1]``."""
 

@@ -68,7 +68,7 @@ class SyntheticTextWriter(RankPartWriter):
     def read_part_keys(self, path: Path) -> list[str]:
         return [record_key(r.doc_id, r.task, r.sample_idx) for r in read_synthetic(path)]
 
-    def write_merged(self, path: Path, order: list[str], parts: list[Path], locations: Locations) -> None:
+    def write_merged(self, path: Path, order: Sequence[str], parts: list[Path], locations: Locations) -> None:
         spans = [line_spans(part) for part in parts]
         placements: list[tuple[array, array]] = [(array("q"), array("q")) for _ in parts]  # (row, offset)
         size = 0

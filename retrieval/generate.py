@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,30 @@ def run_fingerprint(module: Seq2SeqModule, prompts: Prompts, stage: int, max_inp
                 "prompts": items_fingerprint((record_key(doc_id, task, 0), prompt)
                                              for (doc_id, task), prompt in prompts)}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RecordOrder(Sequence):
+    """The canonical order of record keys (corpus, task, sample index), computed on demand.
+
+    A list would hold one string per record (tens of MB for a million-document corpus) for the whole run.
+    """
+
+    def __init__(self, prompts: Prompts, samples: int) -> None:
+        self.prompts, self.samples = prompts, samples
+
+    def __len__(self) -> int:
+        return len(self.prompts) * self.samples
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        prompt, sample = divmod(index, self.samples)
+        tasks = self.prompts.tasks
+        return record_key(self.prompts.documents[prompt // len(tasks)][0], tasks[prompt % len(tasks)], sample)
+
+    def __iter__(self) -> Iterator[str]:
+        return (record_key(doc_id, task, sample) for doc_id, task in self.prompts.keys()
+                for sample in range(self.samples))
 
 
 def meta_path(output: Path) -> Path:
@@ -150,7 +174,7 @@ def generate_synthetic(dataset: Documents, module_or_path: Seq2SeqModule | str |
     input_length = max_input_length or module.max_input_length
     fingerprint = run_fingerprint(module, prompts, stage, input_length)
     samples = module.decoding.num_samples
-    order = [record_key(doc_id, task, index) for doc_id, task in prompts.keys() for index in range(samples)]
+    order = RecordOrder(prompts, samples)
     writer = SyntheticTextWriter(output, stage, order=order, fingerprint=fingerprint, keep_parts=True)
     if is_complete(output, fingerprint):
         rank_zero_info(f"{output} already holds these {len(order)} records; reusing it")
