@@ -96,8 +96,9 @@ def run_stage2(ctx: PipelineContext) -> None:
     else:
         from lightning_modules.seq2seq import Seq2SeqModule
 
+        # the tuned folder holds the model and its tokenizer; how the untuned model was built no longer applies
         init = {k: v for k, v in ctx.model_config["init_args"].items()
-                if k not in ("model_name_or_path", "warm_start_encoder")}
+                if k not in ("model_name_or_path", "warm_start_encoder", "decoder_layers", "tokenizer_name_or_path")}
         module = Seq2SeqModule(**{**init, "model_name_or_path": str(ctx.run_dir / layout.TUNED_MODEL)})
     generate(ctx, module, ctx.run_dir / layout.STAGE2, stage=2, decoding=ctx.generation.decoding)
 

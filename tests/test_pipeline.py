@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import train
-from helpers import make_tiny_bert2bert, one_thread, tiny_pipeline_profile  # noqa: F401  (fixture)
+from helpers import make_tiny_bert, one_thread, tiny_pipeline_profile  # noqa: F401  (fixture)
 from pipeline import layout
 from pipeline.config import STAGES
 
@@ -23,13 +23,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_bert2bert(tmp_path_factory.mktemp("models") / "bert2bert")
+    """A tiny random BERT: the pipeline warm-starts its encoder-decoder from it, as the offline profile does."""
+    return make_tiny_bert(tmp_path_factory.mktemp("models") / "bert")
 
 
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     """A profile in the shape of configs/profiles/*.yaml, small enough to run in seconds."""
-    config = tiny_pipeline_profile(FIXTURE, tiny_model)
+    warm_start = {"class_path": "lightning_modules.seq2seq.Seq2SeqModule",
+                  "init_args": {"warm_start_encoder": str(tiny_model), "decoder_layers": 1, "max_input_length": 64}}
+    config = {**tiny_pipeline_profile(FIXTURE, tiny_model), "model": warm_start}
     path = tmp_path_factory.mktemp("profiles") / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
