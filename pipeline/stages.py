@@ -81,12 +81,34 @@ def run_tune(ctx: PipelineContext) -> None:
     from lightning_modules.cli import fit_selfinstruct
 
     ctx.finish_loggers()  # W&B allows one active run per process: tuning logs to its own run in the group
+    _discard_checkpoints_of_other_runs(ctx)
     trainer = {**ctx.trainer, **ctx.fit.trainer, "default_root_dir": str(ctx.run_dir / layout.FIT_DIR)}
     trainer["logger"] = ctx.fit_logger_config()
     data = {"init_args": {**ctx.fit.data, "train_file": str(ctx.run_dir / layout.TRAIN),
                           "val_file": str(ctx.run_dir / layout.VAL)}}
     fit_selfinstruct(*ctx.fit.configs, {"model": ctx.model_config, "trainer": trainer, "data": data},
                      overrides=["--ckpt_path=last", *ctx.fit.overrides])
+
+
+def _discard_checkpoints_of_other_runs(ctx: PipelineContext) -> None:
+    """Resume (``ckpt_path=last``) only an interrupted run of the same tuning; a changed model, fit setting
+    or training file starts afresh instead of continuing someone else's optimizer state."""
+    import hashlib
+    import json
+    import shutil
+
+    from retrieval.io import write_text_atomic
+
+    digest = hashlib.sha256(json.dumps({"model": ctx.model_config, "fit": dataclasses.asdict(ctx.fit)},
+                                       sort_keys=True, default=str).encode())
+    for name in (layout.TRAIN, layout.VAL):
+        digest.update((ctx.run_dir / name).read_bytes())
+    key, key_file = digest.hexdigest()[:16], ctx.run_dir / layout.FIT_DIR / "run-key.txt"
+    if ctx.is_global_zero:
+        if key_file.is_file() and key_file.read_text().strip() != key:
+            log.info("tuning settings or data changed: discarding the checkpoints of the previous tuning run")
+            shutil.rmtree(ctx.run_dir / layout.FIT_DIR / "checkpoints", ignore_errors=True)
+        write_text_atomic(key_file, key + "\n")
 
 
 def run_stage2(ctx: PipelineContext) -> None:

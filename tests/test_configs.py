@@ -49,6 +49,15 @@ def parse_dataclass(module: str, name: str) -> Callable[[Path], None]:
     return parse
 
 
+def parse_data_fragment(path: Path) -> None:
+    """A configs/data/ fragment composes onto a full pipeline profile (the paper's) and replaces its data."""
+    from train import command_parser
+
+    base = CONFIGS / "profiles" / "paper-flan-t5-base.yaml"
+    config = command_parser("pipeline").parse_args(["--config", str(base), "--config", str(path)])
+    assert str(config.data.path) == yaml.safe_load(path.read_text())["data"]["path"]
+
+
 PARSERS: dict[str, Callable[[Path], None]] = {
     "fit": parse_lightning,
     "model": parse_lightning,
@@ -57,6 +66,7 @@ PARSERS: dict[str, Callable[[Path], None]] = {
     "prompts": parse_dataclass("datamodules.prompts", "PromptTemplates"),
     "filter": parse_dataclass("retrieval.filter", "FilterConfig"),
     "profiles": parse_stage_command("pipeline"),
+    "data": parse_data_fragment,
 }
 """configs/<folder> -> a function that raises when a YAML file there does not fit the code."""
 
