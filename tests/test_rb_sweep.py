@@ -1,0 +1,121 @@
+"""benchmarks/rb_sweep.py: the grid, the synthetic sources and the scores, against a tiny finished pipeline run.
+
+The sweep must reproduce the pipeline's own rows for the settings the pipeline computes, and its extra
+sources (sample subsets, unfiltered, stricter round trip, another split's queries) must change what they say.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import train
+from benchmarks import rb_sweep
+from helpers import make_tiny_bert2bert, one_thread, tiny_pipeline_profile  # noqa: F401  (fixture)
+from pipeline import layout
+
+FIXTURE = Path(__file__).parent / "data" / "tiny_beir"
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The pipeline arguments of a finished tiny run (the filter keeps some outputs and drops others)."""
+    model = make_tiny_bert2bert(tmp_path_factory.mktemp("models") / "bert2bert")
+    profile = tmp_path_factory.mktemp("profiles") / "tiny.yaml"
+    config = tiny_pipeline_profile(FIXTURE, model, evaluate={"sweep_doc_weights": [0.5], "k_values": [1, 10, 100],
+                                                             "methods": ["manual", "bertscore"]})
+    config["filter"]["min_words"] = {"question": 10, "keywords": 1}  # drops the 8-9-word questions: an unfiltered pool
+    profile.write_text(yaml.safe_dump(config))
+    args = ["-c", str(profile), "--run_dir", str(tmp_path_factory.mktemp("runs") / "tiny")]
+    train.main(["pipeline", *args])
+    return args
+
+
+def _rows(study: dict) -> dict[str, dict]:
+    return {row["source_key"] + "/" + row["level"] + "/" + row["rao_blackwell"]["method"]
+            + f"/{row['rao_blackwell']['doc_weight']}/{row['multi_sentence_weight']}": row for row in study["rows"]}
+
+
+def test_grid_expands_and_drops_duplicates() -> None:
+    grid = {"base": {"rao_blackwell": {"method": "manual"}},
+            "blocks": [{"name": "b", "level": ["doc", "multi"], "multi_sentence_weight": [1.0, 0.5],
+                        "source": [{"stages": "stage1"}, {"stages": ["stage2"], "samples": [0]}],
+                        "rao_blackwell": {"doc_weight": [0.5, 0.7]}}]}
+    settings = rb_sweep.expand_grid(grid, default_stage="stage2")
+    # doc level ignores the sentence mix: 2 sources x 2 weights at doc, x 2 mixes at multi
+    assert len(settings) == 2 * 2 + 2 * 2 * 2
+    assert settings[0].varied == ("level", "source", "multi_sentence_weight", "doc_weight")
+    assert {s.source.key for s in settings} == {"stage1", "stage2[s0]"}
+    with pytest.raises(ValueError, match="unknown keys"):
+        rb_sweep.expand_grid({"blocks": [{"name": "x", "levels": ["doc"]}]}, "stage2")
+    with pytest.raises(ValueError, match="unknown source keys"):
+        rb_sweep.expand_grid({"blocks": [{"source": [{"stage": "stage1"}]}]}, "stage2")
+
+
+def test_sweep_reproduces_pipeline_rows_and_sources_differ(finished_run: list[str], tmp_path: Path) -> None:
+    grid = {"blocks": [
+        {"name": "pipeline", "level": ["doc", "sentence", "multi"], "source": [{"stages": ["stage2"]}],
+         "rao_blackwell": {"method": ["manual", "bertscore"], "doc_weight": [0.75]}},
+        {"name": "sources", "level": ["doc"], "source": [
+            {"stages": ["stage2"], "samples": [0]}, {"stages": ["stage1"], "filtered": False},
+            {"stages": ["stage1"], "roundtrip_k": 1}, {"stages": ["stage1", "stage2"]}],
+         "rao_blackwell": {"method": ["manual", "bertscore"], "doc_weight": [0.5]}},
+        {"name": "no-synthetic", "level": ["doc"], "rao_blackwell": {"doc_weight": [1.0]}},
+    ]}
+    study = rb_sweep.main(["--grid", str(_write(tmp_path / "grid.yaml", grid)), "--splits", "train", "test",
+                           "--output", str(tmp_path / "out"), "--", *finished_run])
+    run_dir = Path(finished_run[-1])
+    pipeline_rows = {r["system"]: r for r in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    rows = _rows(study)
+    for level in ("doc", "sentence", "multi"):
+        for method in ("manual", "bertscore"):
+            swept = rows[f"stage2/{level}/{method}/0.75/1.0"]["metrics"]["test"]["ndcg@10"]
+            assert swept == pytest.approx(pipeline_rows[f"rb-{method}-{level}-stage2"]["ndcg@10"], abs=1e-5)
+    assert study["baselines"]["test"]["dense"]["ndcg@10"] == pytest.approx(pipeline_rows["dense"]["ndcg@10"], abs=1e-5)
+    assert rows["stage2/doc/manual/1.0/1.0"]["metrics"]["test"] == study["baselines"]["test"]["dense"]
+    # the train split is scored with its own queries and qrels
+    assert study["splits"]["train"]["queries"] != study["splits"]["test"]["queries"]
+    assert study["selection_split"] == "train" and study["best"]["metrics"]["train"]["ndcg@10"] == max(
+        r["metrics"]["train"]["ndcg@10"] for r in study["rows"])
+    assert (tmp_path / "out" / "sweep.json").is_file() and "## sources" in (tmp_path / "out" / "sweep.md").read_text()
+
+
+def test_sources_select_the_outputs_they_name(finished_run: list[str]) -> None:
+    ctx = rb_sweep.load_context(finished_run)
+    evaluator = rb_sweep.SweepEvaluator(ctx, ctx.run_dir / "cache" / "sweep")
+    kept = evaluator.synthetic("stage1")
+    raw = len((ctx.run_dir / layout.STAGE1).read_text().splitlines())
+    assert evaluator.register(rb_sweep.Source(stages=("stage1",))) == "stage1"  # the pipeline's own outputs
+    unfiltered = evaluator.synthetic(evaluator.register(rb_sweep.Source(stages=("stage1",), filtered=False)))
+    assert len(kept.texts) < raw == len(unfiltered.texts)
+    first = evaluator.synthetic(evaluator.register(rb_sweep.Source(stages=("stage2",), samples=(0,))))
+    assert 0 < len(first.texts) < len(evaluator.synthetic("stage2").texts)
+    strict = evaluator.synthetic(evaluator.register(rb_sweep.Source(stages=("stage1",), roundtrip_k=1)))
+    scores = strict.vectors @ evaluator.documents.T
+    assert (scores.argmax(1) == strict.doc).all()  # each kept output retrieves its own document first
+    both = rb_sweep.Source(stages=("stage1", "stage2"))
+    weights = evaluator.bertscore_weights(evaluator.register(both))
+    assert len(weights) == len(kept.texts) + len(evaluator.synthetic("stage2").texts)
+
+
+def test_subcorpus_scores_only_queries_judged_inside(finished_run: list[str], tmp_path: Path) -> None:
+    ctx = rb_sweep.load_context(finished_run)
+    everything = rb_sweep.SweepEvaluator(ctx, tmp_path)
+    full = everything.score_units(everything.doc_units())
+    same = rb_sweep.SweepEvaluator(ctx, tmp_path, keep_docs=set(everything.doc_ids))
+    assert same.score_units(same.doc_units()) == full
+    judged = {d for docs in everything.dataset.qrels.values() for d in docs}
+    keep = judged | set(everything.doc_ids[:3])
+    part = rb_sweep.SweepEvaluator(ctx, tmp_path, keep_docs=keep)
+    assert all(all(d in keep for d in docs) for docs in part.dataset.qrels.values())
+    scores = part.score_units(part.doc_units())  # fewer distractors: relevant documents only move up
+    assert 0.0 <= scores["ndcg@10"] <= 1.0 and scores["ndcg@10"] >= full["ndcg@10"] - 1e-9
+
+
+def _write(path: Path, obj: dict) -> Path:
+    path.write_text(yaml.safe_dump(obj))
+    return path
