@@ -13,10 +13,12 @@ Layout: ``vectors`` (F32/F16, N x d) · ``ids_offsets`` (I64, N + 1) · ``ids_ut
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from collections.abc import Mapping, Sequence
+from itertools import islice
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -44,11 +46,18 @@ def _header_bytes(n: int, dim: int, code: str, itemsize: int, ids_nbytes: int, m
     return raw
 
 
-def _encode_ids(ids: Sequence[str]) -> tuple[np.ndarray, bytes]:
-    encoded = [i.encode("utf-8") for i in ids]
-    offsets = np.zeros(len(encoded) + 1, dtype="<i8")
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    return offsets, b"".join(encoded)
+def _id_offsets(ids: Sequence[str]) -> np.ndarray:
+    """Byte offsets of the UTF-8 ids in their blob (``N + 1`` of them), without holding the encoded ids."""
+    offsets = np.zeros(len(ids) + 1, dtype="<i8")
+    np.cumsum(np.fromiter((len(key.encode("utf-8")) for key in ids), dtype=np.int64, count=len(ids)), out=offsets[1:])
+    return offsets
+
+
+def _write_id_blob(handle: BinaryIO, ids: Sequence[str], chunk: int = 65536) -> None:
+    """The UTF-8 ids back to back, a chunk at a time (a 10^6-id blob is never built in memory)."""
+    keys = iter(ids)
+    for _ in range(0, len(ids), chunk):
+        handle.write(b"".join(key.encode("utf-8") for key in islice(keys, chunk)))
 
 
 def check_ids(ids: Sequence[str], what: str = "ids") -> None:
@@ -74,8 +83,8 @@ def create_vector_file(path: str | Path, ids: Sequence[str], dim: int,
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got '{dtype}'")
     check_ids(ids)
     code, np_dtype = _DTYPES[dtype]
-    offsets, blob = _encode_ids(ids)
-    header = _header_bytes(len(ids), dim, code, np_dtype.itemsize, len(blob), metadata or {})
+    offsets = _id_offsets(ids)
+    header = _header_bytes(len(ids), dim, code, np_dtype.itemsize, int(offsets[-1]), metadata or {})
     data_start = 8 + len(header)
     vec_bytes = len(ids) * dim * np_dtype.itemsize
     with open(path, "wb") as handle:
@@ -83,10 +92,23 @@ def create_vector_file(path: str | Path, ids: Sequence[str], dim: int,
         handle.write(header)
         handle.seek(data_start + vec_bytes)
         handle.write(offsets.tobytes())
-        handle.write(blob)
+        _write_id_blob(handle, ids)
     if vec_bytes == 0:
         return np.zeros((len(ids), dim), dtype=np_dtype)
     return np.memmap(path, dtype=np_dtype, mode="r+", offset=data_start, shape=(len(ids), dim))
+
+
+def release_pages(rows: np.ndarray) -> None:
+    """Drop the pages of a writable map from :func:`create_vector_file` out of this process's resident memory.
+
+    Why: rows scattered into a memory map stay mapped, and counted in the process's RSS, until the
+    map is closed, so a merge of a 10^6-row file would look as if it held the whole file. The map is
+    shared, so ``MADV_DONTNEED`` only unmaps: the written rows stay in the page cache, from where the
+    kernel writes them to the file, and a later access maps them back. Where the platform lacks
+    ``MADV_DONTNEED`` the pages simply stay mapped until the map is dropped.
+    """
+    if isinstance(rows, np.memmap) and isinstance(rows.base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        rows.base.madvise(mmap.MADV_DONTNEED)
 
 
 def _as_numpy(vectors: torch.Tensor | np.ndarray) -> np.ndarray:
