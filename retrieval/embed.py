@@ -10,8 +10,10 @@ model or text is never served stale vectors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +51,18 @@ def _is_complete(output: Path, ids: list[str], tag: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _quiet_trainer_setup() -> Iterator[None]:
+    """Hide Lightning's INFO banners ("GPU available: ...", tips) printed while a ``Trainer`` is built."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, output: str | Path,
                 batch_size: int = 64, trainer_kwargs: dict[str, Any] | None = None, progress: bool = True,
                 dtype: Literal["float32", "float16"] = "float32", num_workers: int = 0,
@@ -83,7 +97,9 @@ def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, 
     settings.update(trainer_kwargs or {})
     extra = settings.get("callbacks") or []
     settings["callbacks"] = [writer, *([extra] if isinstance(extra, Callback) else extra)]
-    Trainer(**settings).predict(module, datamodule=datamodule, return_predictions=False)
+    with _quiet_trainer_setup():  # a stage builds several trainers: their device banners would bury the progress
+        trainer = Trainer(**settings)
+    trainer.predict(module, datamodule=datamodule, return_predictions=False)
 
     written_ids = read_vector_ids(output)
     if written_ids != ids:

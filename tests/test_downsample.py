@@ -145,7 +145,7 @@ def test_downsample_command_refuses_to_overwrite_its_source(tmp_path):
 
 def test_committed_demo_slice_is_consistent(tmp_path):
     demo = load_beir(DEMO, unknown_ids="fail", cache_dir=tmp_path)
-    assert len(demo.queries) == 100 and len(demo.corpus) == 400
+    assert len(demo.queries) == 60 and len(demo.corpus) == 240
     records = [json.loads(line) for line in
                (DEMO / "synthetic" / "qwen2.5-coder-0.5b-instruct.jsonl").read_text(encoding="utf-8").splitlines()]
     questions = {r["doc_id"] for r in records if r["task"] == "question"}
