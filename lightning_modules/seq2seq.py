@@ -32,6 +32,7 @@ from transformers import (Adafactor, AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.modeling_outputs import BaseModelOutput
 
 from lightning_modules.decoding import DecodingConfig, document_seed, generation_config, sampling_processors
+from lightning_modules.encoder import resolve_encoder_source
 from lightning_modules.loading import (SAFE_WEIGHT_FILES, load_pretrained, load_tokenizer, quiet_transformers,
                                        resolve_model_source)
 
@@ -182,6 +183,11 @@ class Seq2SeqModule(LightningModule):
                                                     trust_remote_code=trust_remote_code,
                                                     allow_pickle_weights=allow_pickle_weights,
                                                     decoder_layers=decoder_layers)
+            # the encoder's sentence-transformers truncation (MiniLM: 256 tokens) travels with the saved tokenizer,
+            # so the tuned model's encoder embeds documents exactly as the encoder it started from
+            limit = resolve_encoder_source(resolve_model_source(warm_start_encoder)).max_seq_length
+            if limit:
+                self.tokenizer.model_max_length = int(limit)
         else:
             self.model = load_pretrained(AutoModelForSeq2SeqLM, model_name_or_path,
                                          trust_remote_code=trust_remote_code,

@@ -120,3 +120,19 @@ def test_checkpoint_missing_encoder_weights_is_refused(tmp_path: Path) -> None:
     config.save_pretrained(path)
     with pytest.raises(ValueError, match="weights belong to another model: 16 weights .* missing"):
         EncoderModule(str(path))
+
+
+def test_a_model_warm_started_from_minilm_embeds_as_minilm(tmp_path: Path) -> None:
+    """The tuned folder of the offline profile keeps MiniLM's 256-token truncation (not BERT's 512 positions):
+    with a frozen encoder its document vectors are MiniLM's own."""
+    from lightning_modules.seq2seq import Seq2SeqModule
+
+    tuned = Seq2SeqModule(warm_start_encoder=str(minilm_path()), decoder_layers=1, freeze_encoder=True)
+    folder = tuned.save_pretrained(tmp_path / "tuned")
+    module = EncoderModule(str(folder))
+    assert module.max_length == 256
+    reference = EncoderModule(str(minilm_path()))
+    assert len(AutoTokenizer.from_pretrained(minilm_path())(TEXTS[3])["input_ids"]) > 256  # truncation matters
+    _, ours = embed_texts([("long", TEXTS[3])], module, tmp_path / "a", progress=False)
+    _, expected = embed_texts([("long", TEXTS[3])], reference, tmp_path / "b", progress=False)
+    assert torch.allclose(ours, expected, atol=1e-5)
