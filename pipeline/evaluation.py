@@ -142,7 +142,7 @@ class Evaluator:
         units, synthetic = self.units(level), self.synthetic(stage)
         unit_to_doc = units.unit_to_doc if units.unit_to_doc is not None else torch.arange(len(self.doc_ids))
         weights = self.bertscore_weights(stage) if config.method == "bertscore" else None
-        needs_docs = level == "sentence" and (config.parent_share > 0 or config.similarity_to == "document")
+        needs_docs = config.parent_share > 0 or (level == "sentence" and config.similarity_to == "document")
         vectors = rao_blackwellise(units.vectors, unit_to_doc, synthetic.vectors, synthetic.doc, synthetic.task,
                                    config, synthetic_weights=weights,
                                    doc_vectors=self.documents if needs_docs else None)

@@ -65,6 +65,8 @@ def test_sweep_reproduces_pipeline_rows_and_sources_differ(finished_run: list[st
             {"stages": ["stage1"], "roundtrip_k": 1}, {"stages": ["stage1", "stage2"]}],
          "rao_blackwell": {"method": ["manual", "bertscore"], "doc_weight": [0.5]}},
         {"name": "no-synthetic", "level": ["doc"], "rao_blackwell": {"doc_weight": [1.0]}},
+        {"name": "parent", "level": ["doc", "multi"],  # parent_share needs the documents' vectors at every level
+         "rao_blackwell": {"parent_share": [0.2], "doc_weight": [0.6]}},
     ]}
     study = rb_sweep.main(["--grid", str(_write(tmp_path / "grid.yaml", grid)), "--splits", "train", "test",
                            "--output", str(tmp_path / "out"), "--", *finished_run])
