@@ -243,7 +243,7 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
             ax.axhline(values[0], linestyle=":", color="grey", label=f"{method} (no weight)")
         else:
             ax.plot(xs, values, marker="o", label=method)
-    ax.axhline(sweep["corpus_only"], linestyle="--", color="black", label=f"{sweep['level']} vectors only")
+    ax.axhline(sweep["corpus_only"], linestyle="--", color="black", label=f"{'sentence' if sweep['level'] == 'multi' else sweep['level']} vectors only")
     ax.set_xlabel("document weight w (synthetic outputs share 1 − w)")
     ax.set_ylabel("nDCG@10")
     ax.set_title(f"Rao-Blackwell weight sweep ({sweep['level']} level, {sweep['stage']})")
