@@ -12,16 +12,13 @@ Attempts are forked from the test process (the same process boundary as a fresh 
 
 from __future__ import annotations
 
-import multiprocessing
-import os
+import functools
 import random
-import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import make_tiny_bert, one_thread  # noqa: F401 (a fixture)
+from helpers import make_tiny_bert, one_thread, sigkill_then_resume  # noqa: F401 (a fixture)
 from retrieval.embed import embed_texts
 from retrieval.vectors import read_vector_ids
 
@@ -41,49 +38,14 @@ def embed(model: Path, output: Path) -> None:
     embed_texts(ITEMS, str(model), output, batch_size=1, progress=False, dtype="float16")
 
 
-def start(model: Path, output: Path) -> multiprocessing.Process:
-    process = multiprocessing.get_context("fork").Process(target=embed, args=(model, output), daemon=True)
-    process.start()
-    return process
-
-
-def parts(output: Path) -> list[Path]:
-    return list(output.parent.glob(f"{output.name}.parts/*/rank*.safetensors"))
-
-
-def wait_for_parts(process: multiprocessing.Process, output: Path, count: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(parts(output)) < count:
-        if not process.is_alive():
-            raise AssertionError(f"embedding ended (exit {process.exitcode}) before writing {count} parts")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"no {count} parts after {timeout} s")
-        time.sleep(0.002)
-
-
 def test_sigkill_five_times_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     model = make_tiny_bert(tmp_path / "bert")
     reference = tmp_path / "reference" / "documents.safetensors"
     embed(model, reference)
 
     output = tmp_path / "run" / "documents.safetensors"
-    rng = random.Random(0)
-    for _ in range(5):
-        process = start(model, output)
-        wait_for_parts(process, output, len(parts(output)) + rng.randint(1, 3))
-        time.sleep(rng.uniform(0.0, 0.1))
-        assert process.is_alive(), "embedding finished before it could be killed; give it more work"
-        os.kill(process.pid, signal.SIGKILL)
-        process.join()
-        assert process.exitcode == -signal.SIGKILL and not output.exists()
-    attempts = {part.name.split("-b")[0] for part in parts(output)}
-    assert len(attempts) == 5  # every killed process had written some parts
-    assert len(parts(output)) < len(ITEMS)  # work was left for the resume
-
-    process = start(model, output)
-    process.join(timeout=180)
-    assert process.exitcode == 0
+    done_before_resume = sigkill_then_resume(functools.partial(embed, model, output), output, "*/rank*.safetensors",
+                                             max_delay=0.1)
+    assert done_before_resume < len(ITEMS)  # work was left for the resume
     assert read_vector_ids(output) == [key for key, _ in ITEMS]  # every id once, in the caller's order
     assert output.read_bytes() == reference.read_bytes()  # and the same vectors
-    assert not Path(f"{output}.parts").exists()

@@ -11,17 +11,13 @@ About 15 s on two CPU cores.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import random
-import signal
-import time
+import functools
 from pathlib import Path
 
 import pytest
 
 from datamodules.beir import load_beir
-from helpers import make_tiny_t5, one_thread  # noqa: F401 (a fixture)
+from helpers import make_tiny_t5, one_thread, sigkill_then_resume  # noqa: F401 (a fixture)
 from lightning_modules.decoding import DecodingConfig
 from retrieval.generate import generate_synthetic
 
@@ -35,47 +31,11 @@ def generate(model: Path, output: Path, batch_size: int = 1) -> Path:
                               batch_size=batch_size, progress=False)
 
 
-def start(model: Path, output: Path) -> multiprocessing.Process:
-    process = multiprocessing.get_context("fork").Process(target=generate, args=(model, output), daemon=True)
-    process.start()
-    return process
-
-
-def parts(output: Path) -> list[Path]:
-    return list(output.parent.glob(f"{output.name}.parts/*/rank*.jsonl"))
-
-
-def wait_for_parts(process: multiprocessing.Process, output: Path, count: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(parts(output)) < count:
-        if not process.is_alive():
-            raise AssertionError(f"generation ended (exit {process.exitcode}) before writing {count} parts")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"no {count} parts after {timeout} s")
-        time.sleep(0.005)
-
-
 @pytest.mark.slow
 def test_sigkill_five_times_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     model = make_tiny_t5(tmp_path / "t5")
     reference = generate(model, tmp_path / "reference" / "stage1.jsonl", batch_size=4)
 
     output = tmp_path / "run" / "stage1.jsonl"
-    rng = random.Random(0)
-    for _ in range(5):
-        process = start(model, output)
-        wait_for_parts(process, output, len(parts(output)) + rng.randint(1, 3))
-        time.sleep(rng.uniform(0.0, 0.15))
-        assert process.is_alive(), "generation finished before it could be killed; give it more work"
-        os.kill(process.pid, signal.SIGKILL)
-        process.join()
-        assert process.exitcode == -signal.SIGKILL and not output.exists()
-    attempts = {part.name.split("-b")[0] for part in parts(output)}
-    assert len(attempts) == 5  # every killed process had written some parts
-
-    process = start(model, output)
-    process.join(timeout=180)
-    assert process.exitcode == 0
+    sigkill_then_resume(functools.partial(generate, model, output), output, "*/rank*.jsonl")
     assert output.read_bytes() == reference.read_bytes()  # nothing missing, nothing twice, the same texts
-    assert not Path(f"{output}.parts").exists()
