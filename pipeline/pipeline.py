@@ -141,14 +141,19 @@ class PipelineContext:
                                         group=self.run_group, offline=self.logger.offline, job_type="pipeline")]
 
     def fit_logger_config(self) -> dict[str, Any] | bool:
-        """The tuning stage's logger: a W&B run in the pipeline's group (offline without a key), else CSV."""
+        """The tuning stage's logger: a W&B run in the pipeline's group (offline without a key), else CSV.
+
+        Paths are absolute: the fit CLI reads a relative ``save_dir`` inside its own run directory
+        (``<run_dir>/fit``), which nested a relative ``--run_dir`` there a second time.
+        """
+        run_dir = self.run_dir.resolve()
         if self.logger.wandb:
             return {"class_path": "callbacks.wandb_logger.OfflineFirstWandbLogger",
-                    "init_args": {"save_dir": str(self.run_dir), "project": self.logger.project,
+                    "init_args": {"save_dir": str(run_dir), "project": self.logger.project,
                                   "name": f"{self.run_name}-tune", "group": self.run_group,
                                   "offline": self.logger.offline}}
         return {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(self.run_dir / layout.FIT_DIR), "name": "csv"}}
+                "init_args": {"save_dir": str(run_dir / layout.FIT_DIR), "name": "csv"}}
 
     def finish_loggers(self) -> None:
         """Close the pipeline's W&B run (before tuning opens its own, and at the end); reopened on demand."""

@@ -102,3 +102,21 @@ def test_a_stage_alone_needs_its_inputs(tmp_path: Path, profile: Path) -> None:
         train.main(["embed", "-c", str(profile), "--run_dir", str(tmp_path / "empty")])
     outcomes = train.main(["data", "-c", str(profile), "--run_dir", str(tmp_path / "empty")])
     assert [(o.name, o.status) for o in outcomes] == [("data", "ran")]
+
+
+@pytest.mark.parametrize("wandb", [True, False])
+def test_fit_logger_folder_with_a_relative_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   wandb: bool) -> None:
+    """A relative ``--run_dir``: the tuning logger writes in the run directory, not in ``fit/<run_dir>``."""
+    from lightning_modules.cli import _inside
+    from pipeline.config import LoggerConfig
+    from pipeline.pipeline import PipelineContext
+
+    monkeypatch.chdir(tmp_path)
+    unused = dict.fromkeys(["data", "model", "prompts", "stage1", "generation", "filter", "fit", "embed",
+                            "rao_blackwell", "evaluate"])
+    ctx = PipelineContext(run_dir=Path("runs/x"), trainer={}, logger=LoggerConfig(wandb=wandb), **unused)
+    save_dir = ctx.fit_logger_config()["init_args"]["save_dir"]
+    fit_dir = (tmp_path / "runs/x" / layout.FIT_DIR).resolve()
+    expected = (tmp_path / "runs/x").resolve() if wandb else fit_dir
+    assert Path(_inside(fit_dir, save_dir)) == expected
