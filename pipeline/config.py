@@ -116,7 +116,8 @@ class EvaluateConfig:
             with this a; 1 keeps plain sentences.
         stages: which synthetic outputs augment vectors: ``stage1`` (before tuning), ``stage2`` (after).
         use_filtered: augment with the outputs the filter kept (else every output).
-        baselines: ``bm25``, ``dense``, ``dense-sentence``, ``expansion`` (docTTTTTquery-style: questions
+        baselines: ``bm25``, ``dense``, ``dense-sentence``, ``dense-multi`` (the multi level's units without
+            synthetic outputs), ``expansion`` (docTTTTTquery-style: questions
             appended to the text, then embedded and BM25-indexed).
         sweep_doc_weights: document weights of the sweep plot (nDCG@10 against w for each method).
         sweep_level: level of the sweep.
@@ -132,8 +133,8 @@ class EvaluateConfig:
     multi_sentence_weight: float = 1.0
     stages: list[Literal["stage1", "stage2"]] = field(default_factory=lambda: ["stage1", "stage2"])
     use_filtered: bool = True
-    baselines: list[Literal["bm25", "dense", "dense-sentence", "expansion"]] = field(
-        default_factory=lambda: ["bm25", "dense", "dense-sentence", "expansion"])
+    baselines: list[Literal["bm25", "dense", "dense-sentence", "dense-multi", "expansion"]] = field(
+        default_factory=lambda: ["bm25", "dense", "dense-sentence", "dense-multi", "expansion"])
     sweep_doc_weights: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     sweep_level: Literal["doc", "sentence", "multi"] = "sentence"
     k_values: list[int] = field(default_factory=lambda: list(DEFAULT_K))

@@ -1,8 +1,9 @@
 """The evaluate stage: every system of the results table, the document-weight sweep and its plot.
 
-Rows (names fixed by the results schema): ``bm25``, ``dense``, ``dense-sentence``,
+Rows (names fixed by the results schema): ``bm25``, ``dense``, ``dense-sentence``, ``dense-multi`` (the
+multi level's units with no synthetic outputs: what the multi level gains before any synthetic text),
 ``expansion-dense``/``expansion-bm25`` (stage-2 questions appended; ``-stage1`` for stage 1),
-and ``rb-<method>-<doc|sentence>-<stage1|stage2>``. All read the vectors the embed stage wrote.
+and ``rb-<method>-<doc|sentence|multi>-<stage1|stage2>``. All read the vectors the embed stage wrote.
 """
 
 from __future__ import annotations
@@ -148,15 +149,19 @@ class Evaluator:
                                    doc_vectors=self.documents if needs_docs else None)
         return Units(vectors, units.unit_to_doc)
 
-    def multi_units(self, stage: str, config: RaoBlackwellConfig) -> Units:
-        """Sentences (optionally mixed with their document) plus each document's Rao-Blackwellised vector."""
+    def multi_units(self, stage: str | None, config: RaoBlackwellConfig) -> Units:
+        """Sentences (optionally mixed with their document) plus each document's Rao-Blackwellised vector.
+
+        ``stage=None`` adds each document's own vector instead: the ``dense-multi`` baseline, which separates
+        what the multi level's structure gains from what the synthetic outputs add.
+        """
         sentences = self.units("sentence")
         owner = sentences.unit_to_doc
         weight = self.ctx.evaluate.multi_sentence_weight
         vectors = sentences.vectors
         if weight < 1.0:
             vectors = torch.nn.functional.normalize(weight * vectors + (1 - weight) * self.documents[owner], dim=-1)
-        documents = self.rao_blackwell("doc", stage, config).vectors
+        documents = self.documents if stage is None else self.rao_blackwell("doc", stage, config).vectors
         return Units(torch.cat([vectors, documents]), torch.cat([owner, torch.arange(len(self.doc_ids))]))
 
 
@@ -186,6 +191,9 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator) -> list[ResultRow]:
                          {"encoder": ctx.embedding_encoder}))
     if "dense-sentence" in cfg.baselines and evaluator.sentences is not None:
         rows.append(_row("dense-sentence", lambda: evaluator.score_units(evaluator.units("sentence"))))
+    if "dense-multi" in cfg.baselines and evaluator.sentences is not None:
+        rows.append(_row("dense-multi", lambda: evaluator.score_units(evaluator.multi_units(None, ctx.rao_blackwell)),
+                         {"multi_sentence_weight": cfg.multi_sentence_weight}))
     if "expansion" in cfg.baselines:
         for stage in stages:
             suffix = "" if stage == final else f"-{stage}"
@@ -222,9 +230,9 @@ def weight_sweep(ctx: PipelineContext, evaluator: Evaluator) -> dict[str, Any]:
         for weight in weights:
             config = dataclasses.replace(ctx.rao_blackwell, method=method, doc_weight=weight)
             curves[method].append(evaluator.score_units(evaluator.rao_blackwell(level, stage, config))["ndcg@10"])
-    baseline = evaluator.score_units(evaluator.units("sentence" if level == "multi" else level))["ndcg@10"]
+    corpus_only = (evaluator.multi_units(None, ctx.rao_blackwell) if level == "multi" else evaluator.units(level))
     return {"stage": stage, "level": level, "doc_weights": list(ctx.evaluate.sweep_doc_weights), "ndcg@10": curves,
-            "corpus_only": baseline}
+            "corpus_only": evaluator.score_units(corpus_only)["ndcg@10"]}
 
 
 def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
@@ -243,7 +251,9 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
             ax.axhline(values[0], linestyle=":", color="grey", label=f"{method} (no weight)")
         else:
             ax.plot(xs, values, marker="o", label=method)
-    ax.axhline(sweep["corpus_only"], linestyle="--", color="black", label=f"{'sentence' if sweep['level'] == 'multi' else sweep['level']} vectors only")
+    corpus_only = {"doc": "document vectors", "sentence": "sentence vectors",
+                   "multi": "sentences + document vector"}[sweep["level"]]
+    ax.axhline(sweep["corpus_only"], linestyle="--", color="black", label=f"{corpus_only}, no synthetic outputs")
     ax.set_xlabel("document weight w (synthetic outputs share 1 − w)")
     ax.set_ylabel("nDCG@10")
     ax.set_title(f"Rao-Blackwell weight sweep ({sweep['level']} level, {sweep['stage']})")

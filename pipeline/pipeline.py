@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import inspect
 import logging
 import os
@@ -64,14 +65,30 @@ def model_section(model: Callable[[], Seq2SeqModule]) -> dict[str, Any]:
 
 
 def _file_signature(path: Path | None) -> Any:
-    """Size and modification time: a changed input file reruns the stages that read it."""
+    """Size and SHA-256 of each input file: changed contents rerun the stages that read it.
+
+    Contents, not modification times or absolute paths: a dataset copied, re-extracted or moved to another
+    disk is the same input, and hours of finished stages must not rerun for it.
+    """
     if path is None:
         return None
     path = Path(path)
     if path.is_dir():
         return {p.name: _file_signature(p) for p in sorted(path.iterdir()) if p.is_file() or p.is_dir()}
     stat = path.stat()
-    return [str(path.resolve()), stat.st_size, int(stat.st_mtime)]
+    return [stat.st_size, _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)]
+
+
+def _data_settings(data: DataConfig) -> dict[str, Any]:
+    """The data stage's settings without where the folder and the cache lie (its files are hashed instead)."""
+    return {key: value for key, value in _plain(data).items() if key not in ("path", "cache_dir")}
+
+
+@functools.lru_cache(maxsize=None)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hash once per process per file version (a GB corpus takes seconds; every stage's plan asks for it)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclasses.dataclass
@@ -176,15 +193,15 @@ def build_stages(ctx: PipelineContext) -> list[Stage]:
     gen = {k: v for k, v in _plain(ctx.generation).items() if k != "batch_size"}
     embed = {k: v for k, v in _plain(ctx.embed).items() if k != "batch_size"}
     stage1 = _plain(ctx.stage1)
-    if ctx.stage1.source == "file":
-        stage1["file_signature"] = _file_signature(ctx.stage1.file)
+    if ctx.stage1.source == "file":  # the file's contents decide, not where it lies
+        stage1["file"] = _file_signature(ctx.stage1.file)
     elif ctx.stage1.source == "self":
         stage1.update(model=model, prompts=prompts, generation=gen)
     embed_deps = ["filter", "filter2"] + (["tune"] if ctx.embed.encoder == "tuned" and not ctx.fit.skip else [])
     if ctx.embed.encoder in ("tuned", "base"):
         embed["model"] = model
     stages = [
-        Stage("data", lambda: run.run_data(ctx), lambda: {"data": _plain(ctx.data),
+        Stage("data", lambda: run.run_data(ctx), lambda: {"data": _data_settings(ctx.data),
                                                          "files": _file_signature(Path(ctx.data.path))},
               lambda: [layout.KEPT_DOCS]),
         Stage("stage1", lambda: run.run_stage1(ctx), lambda: stage1, lambda: [layout.STAGE1],

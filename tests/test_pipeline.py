@@ -66,7 +66,7 @@ def test_results_table_has_every_row(finished_run: tuple[Path, list]) -> None:
     run_dir, _ = finished_run
     results = json.loads((run_dir / layout.RESULTS_JSON).read_text())
     systems = [row["system"] for row in results["rows"]]
-    expected = ["bm25", "dense", "dense-sentence", "expansion-dense-stage1", "expansion-bm25-stage1",
+    expected = ["bm25", "dense", "dense-sentence", "dense-multi", "expansion-dense-stage1", "expansion-bm25-stage1",
                 "expansion-dense", "expansion-bm25"]
     expected += [f"rb-{m}-{level}-{s}" for s in ("stage1", "stage2") for m in ("manual", "uniform", "bertscore",
                                                                            "softmax")
@@ -120,3 +120,23 @@ def test_fit_logger_folder_with_a_relative_run_dir(tmp_path: Path, monkeypatch: 
     fit_dir = (tmp_path / "runs/x" / layout.FIT_DIR).resolve()
     expected = (tmp_path / "runs/x").resolve() if wandb else fit_dir
     assert Path(_inside(fit_dir, save_dir)) == expected
+
+
+def test_copied_or_touched_data_reruns_nothing(finished_run: tuple[Path, list], profile: Path,
+                                               tmp_path: Path) -> None:
+    """Finished stages survive a dataset moved, re-extracted or touched; changed contents are a new input."""
+    import os
+    import shutil
+
+    from pipeline.pipeline import _file_signature
+
+    run_dir, _ = finished_run
+    copy = shutil.copytree(FIXTURE, tmp_path / "elsewhere" / FIXTURE.name, copy_function=shutil.copyfile)
+    corpus = copy / "corpus.jsonl"
+    stat = corpus.stat()
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert _file_signature(copy) == _file_signature(FIXTURE)
+    outcomes = _run(profile, run_dir, "--data.path", str(copy))
+    assert [o.status for o in outcomes] == ["skipped"] * len(STAGES)
+    corpus.write_text(corpus.read_text().replace("a", "b", 1))
+    assert _file_signature(copy) != _file_signature(FIXTURE)

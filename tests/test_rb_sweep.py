@@ -64,7 +64,7 @@ def test_sweep_reproduces_pipeline_rows_and_sources_differ(finished_run: list[st
             {"stages": ["stage2"], "samples": [0]}, {"stages": ["stage1"], "filtered": False},
             {"stages": ["stage1"], "roundtrip_k": 1}, {"stages": ["stage1", "stage2"]}],
          "rao_blackwell": {"method": ["manual", "bertscore"], "doc_weight": [0.5]}},
-        {"name": "no-synthetic", "level": ["doc"], "rao_blackwell": {"doc_weight": [1.0]}},
+        {"name": "no-synthetic", "level": ["doc", "multi"], "rao_blackwell": {"doc_weight": [1.0]}},
         {"name": "parent", "level": ["doc", "multi"],  # parent_share needs the documents' vectors at every level
          "rao_blackwell": {"parent_share": [0.2], "doc_weight": [0.6]}},
     ]}
@@ -79,6 +79,8 @@ def test_sweep_reproduces_pipeline_rows_and_sources_differ(finished_run: list[st
             assert swept == pytest.approx(pipeline_rows[f"rb-{method}-{level}-stage2"]["ndcg@10"], abs=1e-5)
     assert study["baselines"]["test"]["dense"]["ndcg@10"] == pytest.approx(pipeline_rows["dense"]["ndcg@10"], abs=1e-5)
     assert rows["stage2/doc/manual/1.0/1.0"]["metrics"]["test"] == study["baselines"]["test"]["dense"]
+    assert rows["stage2/multi/manual/1.0/1.0"]["metrics"]["test"] == study["baselines"]["test"]["dense-multi"]
+    assert "dense-multi nDCG@10" in (tmp_path / "out" / "sweep.md").read_text()
     # the train split is scored with its own queries and qrels
     assert study["splits"]["train"]["queries"] != study["splits"]["test"]["queries"]
     assert study["selection_split"] == "train" and study["best"]["metrics"]["train"]["ndcg@10"] == max(
@@ -121,3 +123,20 @@ def test_subcorpus_scores_only_queries_judged_inside(finished_run: list[str], tm
 def _write(path: Path, obj: dict) -> Path:
     path.write_text(yaml.safe_dump(obj))
     return path
+
+
+def test_dense_multi_is_the_multi_level_without_synthetic_outputs(finished_run: list[str]) -> None:
+    """``dense-multi``: the sentences plus each document's own vector, i.e. the multi level at document weight 1."""
+    import dataclasses
+
+    ctx = rb_sweep.load_context(finished_run)
+    evaluator = rb_sweep.SweepEvaluator(ctx, ctx.run_dir / "cache" / "sweep")
+    plain = evaluator.multi_units(None, ctx.rao_blackwell)
+    assert len(plain.vectors) == len(evaluator.sentences.vectors) + len(evaluator.doc_ids)
+    assert plain.vectors[-len(evaluator.doc_ids):].equal(evaluator.documents)
+    only_documents = evaluator.multi_units("stage1", dataclasses.replace(ctx.rao_blackwell, doc_weight=1.0))
+    assert only_documents.vectors.allclose(plain.vectors, atol=1e-6)
+    augmented = evaluator.multi_units("stage1", ctx.rao_blackwell)
+    assert not augmented.vectors.allclose(plain.vectors, atol=1e-3)  # the synthetic outputs move some vectors
+    rows = {row["system"]: row for row in json.loads((ctx.run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    assert rows["dense-multi"]["ndcg@10"] == pytest.approx(evaluator.score_units(plain)["ndcg@10"], abs=1e-9)
