@@ -121,6 +121,8 @@ class EvaluateConfig:
             appended to the text, then embedded and BM25-indexed).
         sweep_doc_weights: document weights of the sweep plot (nDCG@10 against w for each method).
         sweep_level: level of the sweep.
+        sweep_stage: whose synthetic outputs the sweep uses; null: the last stage available (stage 2 after
+            tuning). ``stage1`` when the tuned model is too weak for its outputs to pass the filter.
         k_values: cut-offs of the metrics.
         search: how vectors are searched.
         bm25: BM25 settings.
@@ -137,6 +139,7 @@ class EvaluateConfig:
         default_factory=lambda: ["bm25", "dense", "dense-sentence", "dense-multi", "expansion"])
     sweep_doc_weights: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     sweep_level: Literal["doc", "sentence", "multi"] = "sentence"
+    sweep_stage: Literal["stage1", "stage2"] | None = None
     k_values: list[int] = field(default_factory=lambda: list(DEFAULT_K))
     search: SearchConfig = field(default_factory=SearchConfig)
     bm25: BM25Config = field(default_factory=BM25Config)

@@ -216,11 +216,14 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator) -> list[ResultRow]:
 
 
 def weight_sweep(ctx: PipelineContext, evaluator: Evaluator) -> dict[str, Any]:
-    """nDCG@10 against the document weight for each method (on the last available stage)."""
+    """nDCG@10 against the document weight for each method (``sweep_stage``, else the last available stage)."""
     stages = available_stages(ctx)
     if not stages or not ctx.evaluate.sweep_doc_weights:
         return {}
-    stage, level = stages[-1], ctx.evaluate.sweep_level
+    stage, level = ctx.evaluate.sweep_stage or stages[-1], ctx.evaluate.sweep_level
+    if stage not in stages:
+        raise ValueError(f"evaluate.sweep_stage: {stage} has no synthetic vectors in {ctx.run_dir} "
+                         f"(available: {', '.join(stages)}); it must be one of evaluate.stages and embedded")
     if level in ("sentence", "multi") and evaluator.sentences is None:
         level = "doc"
     curves: dict[str, list[float]] = {}

@@ -140,3 +140,13 @@ def test_copied_or_touched_data_reruns_nothing(finished_run: tuple[Path, list], 
     assert [o.status for o in outcomes] == ["skipped"] * len(STAGES)
     corpus.write_text(corpus.read_text().replace("a", "b", 1))
     assert _file_signature(copy) != _file_signature(FIXTURE)
+
+
+def test_sweep_stage_chooses_whose_outputs_the_plot_uses(finished_run: tuple[Path, list], profile: Path) -> None:
+    run_dir, _ = finished_run
+    assert json.loads((run_dir / layout.SWEEP_JSON).read_text())["stage"] == "stage2"  # default: the last stage
+    outcomes = _run(profile, run_dir, "--evaluate.sweep_stage", "stage1")
+    assert {o.name: o.status for o in outcomes}["evaluate"] == "ran"
+    sweep = json.loads((run_dir / layout.SWEEP_JSON).read_text())
+    assert sweep["stage"] == "stage1" and set(sweep["ndcg@10"]) >= {"manual", "uniform"}
+    _run(profile, run_dir)  # restore, so test order does not matter
