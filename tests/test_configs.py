@@ -58,7 +58,23 @@ def parse_data_fragment(path: Path) -> None:
     assert str(config.data.path) == yaml.safe_load(path.read_text())["data"]["path"]
 
 
+def parse_budget_layer(path: Path) -> None:
+    """A configs/budget/ layer composes onto the offline profile and changes only what it names."""
+    from train import command_parser
+
+    base = CONFIGS / "profiles" / "offline.yaml"
+    parser = command_parser("pipeline")
+    plain, layered = (parser.parse_args(args) for args in (["--config", str(base)],
+                                                           ["--config", str(base), "--config", str(path)]))
+    layer = yaml.safe_load(path.read_text())
+    assert layered.fit.trainer == {**(plain.fit.trainer or {}), **layer["fit"]["trainer"]}
+    assert layered.generation.decoding.num_samples == layer["generation"]["decoding"]["num_samples"]
+    assert layered.fit.configs == plain.fit.configs and layered.rao_blackwell == plain.rao_blackwell
+    assert layered.data == plain.data and layered.filter == plain.filter and layered.embed == plain.embed
+
+
 PARSERS: dict[str, Callable[[Path], None]] = {
+    "budget": parse_budget_layer,
     "fit": parse_lightning,
     "model": parse_lightning,
     "trainer": parse_lightning,
