@@ -399,8 +399,9 @@ def markdown(study: dict[str, Any], command: str) -> str:
         blocks.setdefault(row["block"], []).append(row)
     for name, rows in blocks.items():
         first = rows[0]
+        multi = next((row for row in rows if row["level"] == "multi"), first)  # the mix applies there only
         fixed = {"level": first["level"], "source": first["source_key"],
-                 "multi_sentence_weight": first["multi_sentence_weight"], **first["rao_blackwell"]}
+                 "multi_sentence_weight": multi["multi_sentence_weight"], **first["rao_blackwell"]}
         fixed = {k: v for k, v in fixed.items() if k not in first["varied"]}
         varied = first["varied"] or ["level"]
         lines += ["", f"## {name}", "", "Fixed: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in fixed.items()), "",

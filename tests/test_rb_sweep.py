@@ -140,3 +140,19 @@ def test_dense_multi_is_the_multi_level_without_synthetic_outputs(finished_run: 
     assert not augmented.vectors.allclose(plain.vectors, atol=1e-3)  # the synthetic outputs move some vectors
     rows = {row["system"]: row for row in json.loads((ctx.run_dir / layout.RESULTS_JSON).read_text())["rows"]}
     assert rows["dense-multi"]["ndcg@10"] == pytest.approx(evaluator.score_units(plain)["ndcg@10"], abs=1e-9)
+
+
+def test_markdown_states_the_sentence_mix_of_the_multi_rows() -> None:
+    """A block over levels: the 'Fixed' line gives the multi rows' sentence mix, not the doc rows' (1.0)."""
+    def row(level: str, weight: float, score: float) -> dict:
+        return {"block": "b", "level": level, "source_key": "stage1", "multi_sentence_weight": weight,
+                "rao_blackwell": {"method": "manual"}, "varied": ["level"], "table": {"level": level},
+                "metrics": {"test": {"ndcg@10": score}}}
+
+    rows = [row("doc", 1.0, 0.5), row("multi", 0.6, 0.7)]
+    baseline = {"ndcg@10": 0.6}
+    study = {"run_dir": "r", "encoder": "e", "selection_split": "test", "splits": {"test": {"queries": 3, "documents": 9}},
+             "baselines": {"test": {"dense": baseline, "dense-sentence": baseline, "dense-multi": baseline}},
+             "best": rows[1], "rows": rows}
+    text = rb_sweep.markdown(study, "cmd")
+    assert "multi_sentence_weight=0.6" in text and "multi_sentence_weight=1.0" not in text
