@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from datamodules.downsample import read_id_list
 from pipeline import layout
-from pipeline.evaluation import Evaluator, Synthetic, Units
+from pipeline.evaluation import CORPUS_ONLY_ROW, Evaluator, Synthetic, Units
 from pipeline.pipeline import PipelineContext
 from pipeline.stages import record_key
 from retrieval.embed import embed_texts
@@ -341,22 +341,17 @@ def run_sweep(ctx: PipelineContext, grid: dict[str, Any], splits: Sequence[str],
     splits_info = {split: {"queries": len([q for q, d in ev.dataset.qrels.items() if d]),
                            "documents": int(ev.keep_mask.sum()) if ev.keep_mask is not None else len(ev.doc_ids)}
                    for split, ev in evaluators.items()}
-    base_evaluate = ctx.evaluate
-    chooser.ctx.evaluate = dataclasses.replace(base_evaluate, multi_sentence_weight=1.0)  # plain sentences
-    baselines = {split: {"dense": _metrics(ev.score_units(ev.doc_units())),
-                         "dense-sentence": _metrics(ev.score_units(ev.units("sentence"))),
-                         "dense-multi": _metrics(ev.score_units(ev.multi_units(None, ctx.rao_blackwell)))}
-                 for split, ev in evaluators.items()}
+    baselines = {split: {name: _metrics(ev.score_units(ev.corpus_only_units(level, sentence_weight=1.0)))
+                         for level, name in CORPUS_ONLY_ROW.items()} for split, ev in evaluators.items()}
     rows = []
     for setting in tqdm(settings, desc="settings", unit="setting"):
         start = time.perf_counter()
-        chooser.ctx.evaluate = dataclasses.replace(base_evaluate, multi_sentence_weight=setting.multi_sentence_weight)
-        units = chooser.rao_blackwell(setting.level, chooser.register(setting.source), setting.rao_blackwell)
+        units = chooser.rao_blackwell(setting.level, chooser.register(setting.source), setting.rao_blackwell,
+                                      sentence_weight=setting.multi_sentence_weight)
         scores = {split: _metrics(ev.score_units(units)) for split, ev in evaluators.items()}
         rows.append({**setting.describe(), "varied": list(setting.varied), "table": {
             key: setting.value(key) for key in setting.varied}, "metrics": scores,
             "seconds": round(time.perf_counter() - start, 2)})
-    chooser.ctx.evaluate = base_evaluate
     select = splits[0]
     best = max(rows, key=lambda row: row["metrics"][select]["ndcg@10"])
     study = {"run_dir": str(ctx.run_dir), "encoder": ctx.embedding_encoder, "selection_split": select,

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,9 +137,11 @@ class Evaluator:
         synthetic.weights = weights
         return weights
 
-    def rao_blackwell(self, level: str, stage: str, config: RaoBlackwellConfig) -> Units:
+    def rao_blackwell(self, level: str, stage: str, config: RaoBlackwellConfig,
+                      sentence_weight: float | None = None) -> Units:
+        """``sentence_weight``: the multi level's sentence mix (default ``evaluate.multi_sentence_weight``)."""
         if level == "multi":
-            return self.multi_units(stage, config)
+            return self.multi_units(stage, config, sentence_weight)
         units, synthetic = self.units(level), self.synthetic(stage)
         unit_to_doc = units.unit_to_doc if units.unit_to_doc is not None else torch.arange(len(self.doc_ids))
         weights = self.bertscore_weights(stage) if config.method == "bertscore" else None
@@ -149,7 +151,12 @@ class Evaluator:
                                    doc_vectors=self.documents if needs_docs else None)
         return Units(vectors, units.unit_to_doc)
 
-    def multi_units(self, stage: str | None, config: RaoBlackwellConfig) -> Units:
+    def corpus_only_units(self, level: str, sentence_weight: float | None = None) -> Units:
+        """The level's units without synthetic outputs: rows ``dense``, ``dense-sentence``, ``dense-multi``."""
+        return self.multi_units(sentence_weight=sentence_weight) if level == "multi" else self.units(level)
+
+    def multi_units(self, stage: str | None = None, config: RaoBlackwellConfig | None = None,
+                    sentence_weight: float | None = None) -> Units:
         """Sentences (optionally mixed with their document) plus each document's Rao-Blackwellised vector.
 
         ``stage=None`` adds each document's own vector instead: the ``dense-multi`` baseline, which separates
@@ -157,11 +164,16 @@ class Evaluator:
         """
         sentences = self.units("sentence")
         owner = sentences.unit_to_doc
-        weight = self.ctx.evaluate.multi_sentence_weight
+        weight = self.ctx.evaluate.multi_sentence_weight if sentence_weight is None else sentence_weight
         vectors = sentences.vectors
         if weight < 1.0:
             vectors = torch.nn.functional.normalize(weight * vectors + (1 - weight) * self.documents[owner], dim=-1)
-        documents = self.documents if stage is None else self.rao_blackwell("doc", stage, config).vectors
+        if stage is None:
+            documents = self.documents
+        elif config is None:
+            raise ValueError("multi_units: a stage's outputs need a RaoBlackwellConfig")
+        else:
+            documents = self.rao_blackwell("doc", stage, config).vectors
         return Units(torch.cat([vectors, documents]), torch.cat([owner, torch.arange(len(self.doc_ids))]))
 
 
@@ -187,12 +199,12 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator) -> list[ResultRow]:
     if "bm25" in cfg.baselines:
         rows.append(_row("bm25", lambda: evaluator.score_run(bm25_search(docs, queries, cfg.bm25, progress=False))))
     if "dense" in cfg.baselines:
-        rows.append(_row("dense", lambda: evaluator.score_units(evaluator.doc_units()),
+        rows.append(_row("dense", lambda: evaluator.score_units(evaluator.corpus_only_units("doc")),
                          {"encoder": ctx.embedding_encoder}))
     if "dense-sentence" in cfg.baselines and evaluator.sentences is not None:
-        rows.append(_row("dense-sentence", lambda: evaluator.score_units(evaluator.units("sentence"))))
+        rows.append(_row("dense-sentence", lambda: evaluator.score_units(evaluator.corpus_only_units("sentence"))))
     if "dense-multi" in cfg.baselines and evaluator.sentences is not None:
-        rows.append(_row("dense-multi", lambda: evaluator.score_units(evaluator.multi_units(None, ctx.rao_blackwell)),
+        rows.append(_row("dense-multi", lambda: evaluator.score_units(evaluator.corpus_only_units("multi")),
                          {"multi_sentence_weight": cfg.multi_sentence_weight}))
     if "expansion" in cfg.baselines:
         for stage in stages:
@@ -215,8 +227,14 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator) -> list[ResultRow]:
     return rows
 
 
-def weight_sweep(ctx: PipelineContext, evaluator: Evaluator) -> dict[str, Any]:
-    """nDCG@10 against the document weight for each method (``sweep_stage``, else the last available stage)."""
+CORPUS_ONLY_ROW = {"doc": "dense", "sentence": "dense-sentence", "multi": "dense-multi"}
+
+
+def weight_sweep(ctx: PipelineContext, evaluator: Evaluator, rows: Sequence[ResultRow] = ()) -> dict[str, Any]:
+    """nDCG@10 against the document weight for each method (``sweep_stage``, else the last available stage).
+
+    The corpus-only line is the table's row for the level when ``rows`` has it (no second search).
+    """
     stages = available_stages(ctx)
     if not stages or not ctx.evaluate.sweep_doc_weights:
         return {}
@@ -233,9 +251,10 @@ def weight_sweep(ctx: PipelineContext, evaluator: Evaluator) -> dict[str, Any]:
         for weight in weights:
             config = dataclasses.replace(ctx.rao_blackwell, method=method, doc_weight=weight)
             curves[method].append(evaluator.score_units(evaluator.rao_blackwell(level, stage, config))["ndcg@10"])
-    corpus_only = (evaluator.multi_units(None, ctx.rao_blackwell) if level == "multi" else evaluator.units(level))
+    scored = {row.system: row.metrics for row in rows}
+    corpus_only = scored.get(CORPUS_ONLY_ROW[level]) or evaluator.score_units(evaluator.corpus_only_units(level))
     return {"stage": stage, "level": level, "doc_weights": list(ctx.evaluate.sweep_doc_weights), "ndcg@10": curves,
-            "corpus_only": evaluator.score_units(corpus_only)["ndcg@10"]}
+            "corpus_only": corpus_only["ndcg@10"]}
 
 
 def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
@@ -275,7 +294,7 @@ def evaluate_run_dir(ctx: PipelineContext) -> list[ResultRow]:
     rows = table_rows(ctx, evaluator)
     name = Path(ctx.data.path).name
     write_results(ctx.run_dir, name, ctx.data.split, rows, columns=ctx.evaluate.columns)
-    sweep = weight_sweep(ctx, evaluator)
+    sweep = weight_sweep(ctx, evaluator, rows)
     if sweep:
         write_json_atomic(ctx.run_dir / layout.SWEEP_JSON, sweep)
         plot_sweep(sweep, ctx.run_dir / layout.SWEEP_PLOT)

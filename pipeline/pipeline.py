@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import inspect
 import logging
 import os
@@ -34,7 +33,7 @@ from pipeline.config import (STAGES, EmbedConfig, EvaluateConfig, FitConfig, Gen
 from pipeline.preflight import check_models, check_paths
 from pipeline.runner import Stage, StageOutcome, execute_plan, plan_stages
 from retrieval.filter import FilterConfig
-from retrieval.io import write_json_atomic
+from retrieval.io import file_sha256, write_json_atomic
 from retrieval.rao_blackwell import RaoBlackwellConfig
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ def _file_signature(path: Path | None) -> Any:
     if path.is_dir():
         return {p.name: _file_signature(p) for p in sorted(path.iterdir()) if p.is_file() or p.is_dir()}
     stat = path.stat()
-    return [stat.st_size, _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)]
+    return [stat.st_size, _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)]
 
 
 def _data_settings(data: DataConfig) -> dict[str, Any]:
@@ -85,10 +84,9 @@ def _data_settings(data: DataConfig) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=None)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
     """Hash once per process per file version (a GB corpus takes seconds; every stage's plan asks for it)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    return file_sha256(path)
 
 
 @dataclasses.dataclass

@@ -43,7 +43,7 @@ from datamodules.selfinstruct import tokenizer_fingerprint
 from lightning_modules.decoding import DecodingConfig
 from lightning_modules.seq2seq import Seq2SeqModule
 from retrieval.embed import items_fingerprint
-from retrieval.io import InputError, write_json_atomic
+from retrieval.io import InputError, file_sha256, write_json_atomic
 
 FORMAT_VERSION = 1
 """Bump when records change meaning for the same inputs, so old outputs and parts are not reused."""
@@ -99,14 +99,6 @@ class RecordOrder(Sequence):
 
 def meta_path(output: Path) -> Path:
     return output.with_name(output.name + ".meta.json")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_complete(output: Path, fingerprint: str) -> bool:

@@ -131,7 +131,7 @@ def test_dense_multi_is_the_multi_level_without_synthetic_outputs(finished_run: 
 
     ctx = rb_sweep.load_context(finished_run)
     evaluator = rb_sweep.SweepEvaluator(ctx, ctx.run_dir / "cache" / "sweep")
-    plain = evaluator.multi_units(None, ctx.rao_blackwell)
+    plain = evaluator.corpus_only_units("multi")
     assert len(plain.vectors) == len(evaluator.sentences.vectors) + len(evaluator.doc_ids)
     assert plain.vectors[-len(evaluator.doc_ids):].equal(evaluator.documents)
     only_documents = evaluator.multi_units("stage1", dataclasses.replace(ctx.rao_blackwell, doc_weight=1.0))
@@ -156,3 +156,16 @@ def test_markdown_states_the_sentence_mix_of_the_multi_rows() -> None:
              "best": rows[1], "rows": rows}
     text = rb_sweep.markdown(study, "cmd")
     assert "multi_sentence_weight=0.6" in text and "multi_sentence_weight=1.0" not in text
+
+
+def test_baselines_use_plain_sentences_on_every_split(finished_run: list[str]) -> None:
+    """``dense-multi`` in a study is the multi level with plain sentences on every split, whatever the profile's
+    sentence mix; each setting's mix is its own."""
+    ctx = rb_sweep.load_context([*finished_run, "--evaluate.multi_sentence_weight", "0.6"])
+    grid = {"blocks": [{"name": "mix", "level": ["multi"], "multi_sentence_weight": [1.0, 0.6],
+                        "rao_blackwell": {"doc_weight": [1.0]}}]}
+    study = rb_sweep.run_sweep(ctx, grid, ["train", "test"])
+    plain, mixed = (next(r for r in study["rows"] if r["multi_sentence_weight"] == w) for w in (1.0, 0.6))
+    for split in ("train", "test"):
+        assert study["baselines"][split]["dense-multi"] == plain["metrics"][split]
+    assert mixed["metrics"] != plain["metrics"]  # the mix changes the scores on this fixture
