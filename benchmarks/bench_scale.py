@@ -159,11 +159,12 @@ def embedding_scale(sizes: list[int], work: Path, batch_size: int, command: str,
             f"of anonymous memory, {per_document:.0f} bytes per extra document (ids: the list returned, the merge's "
             "key index of RankPartWriter, Lightning's predict loop keeping every batch's sample indices); no vector "
             "and no text is held beyond one batch")
-    result = {"name": "embedding-scale", "command": command, "machine": machine(torch.device("cpu")),
+    result = {"name": "embedding-scale", "kind": "scale", "command": command,
+              "machine": machine(torch.device("cpu")),
               "what": "retrieval.embed.embed_texts(return_vectors=False) (Trainer.predict, sorted batches, part files, "
                       "merge to float16) on synthetic short documents (7 to 24 words), tiny random BERT (2 layers, "
                       f"hidden 32), batch {batch_size}, one process, 1 thread, CPU; each size in a fresh process",
-              "ratio": round(small["ms_per_document"] / large["ms_per_document"], 3),
+              "time_per_document_ratio": round(small["ms_per_document"] / large["ms_per_document"], 3),
               "cpu_time_ratio": round(small["cpu_ms_per_document"] / large["cpu_ms_per_document"], 3),
               "rule": rule,
               "peak_ratio_beyond_input": round(beyond_ratio, 3), "rss_ratio_limit": RSS_RATIO_LIMIT,
@@ -174,7 +175,8 @@ def embedding_scale(sizes: list[int], work: Path, batch_size: int, command: str,
               "note": note, "runs": runs}
     write_json_atomic(output, result)
     print(f"peak RSS beyond the input x{result['peak_ratio_beyond_input']} (raw x{result['rss_ratio_raw']}) for "
-          f"x{large['documents'] / small['documents']:.0f} documents; time per document ratio {result['ratio']} (CPU time "
+          f"x{large['documents'] / small['documents']:.0f} documents; time per document ratio "
+          f"{result['time_per_document_ratio']} (CPU time "
           f"{result['cpu_time_ratio']}); "
           f"written: {output}")
     return result
@@ -261,20 +263,23 @@ def search_scale(n_docs: int, dim: int, clusters: int, spread: float, n_queries:
         runs[method]["same_top_k_lists"] = int(sum(np.array_equal(a, b) for a, b in zip(exact, top)))
     exact_scores = np.load(work / f"top{k}-exact-scores.npy")
     full_matrix_mb = n_docs * dim * 4 / 2**20
-    result = {"name": "search-scale", "command": command, "machine": machine(torch.device("cpu")),
+    result = {"name": "search-scale", "kind": "scale", "command": command,
+              "machine": machine(torch.device("cpu")),
               "what": f"{n_docs} x {dim} unit vectors from a mixture of {clusters} Gaussians on the sphere (centre + "
                       f"noise of norm {spread}, normalised) in a float16 vector file opened with mmap=True; "
                       f"{n_queries} queries = documents + noise of norm {noise}, normalised; top-{k}; "
                       f"retrieval.search.exact_search and faiss_search (flat; IVF nlist {nlist}, nprobe {nprobe}), "
                       "each in a fresh process, CPU",
               "file_mb": round(path.stat().st_size / 2**20, 1), "float32_matrix_mb": round(full_matrix_mb, 1),
-              "ratio": round(full_matrix_mb / max(runs["exact"]["anon_growth_mb"], 1.0), 2),
+              "memory_ratio_float32_matrix_to_exact_growth":
+                  round(full_matrix_mb / max(runs["exact"]["anon_growth_mb"], 1.0), 2),
               "exact_mean_score_at_rank": {str(rank): round(float(exact_scores[:, rank - 1].mean()), 4)
                                            for rank in (1, 2, 10, k) if rank <= exact_scores.shape[1]},
               "runs": runs}
     write_json_atomic(output, result)
     print(f"exact search: {runs['exact']['seconds']} s, anonymous memory +{runs['exact']['anon_growth_mb']} MB "
-          f"against a {full_matrix_mb:.0f} MB float32 matrix (ratio {result['ratio']}); IVF recall of the exact "
+          f"against a {full_matrix_mb:.0f} MB float32 matrix "
+          f"(ratio {result['memory_ratio_float32_matrix_to_exact_growth']}); IVF recall of the exact "
           f"top-{k} {runs['faiss-ivf']['recall_of_exact_top_k']}; written: {output}")
     return result
 

@@ -1,30 +1,28 @@
-"""Exact search benchmark: ours (retrieval.search.search) against BEIR's DenseRetrievalExactSearch, same process.
+"""Exact search benchmark: ours (retrieval.search.search) against BEIR's own DenseRetrievalExactSearch, same process.
 
     python -m benchmarks.bench_search                  # 100,000 x 384 corpus, 1,000 queries, top-100
     python -m benchmarks.bench_search --device cuda    # the same on a GPU (default: the GPU when there is one)
 
-The reference keeps the shape of beir/retrieval/search/dense/exact_search.py (BEIR 2.x): corpus
-chunks of 50,000, ``cos_sim`` (which L2-normalises both sides again), NaN scores set to -1,
-``torch.topk(k + 1, sorted=False)`` per chunk, ``.tolist()``, then a per-query ``heapq`` merge in
-Python. Encoding is replaced by slicing precomputed vectors (both sides get the same ones), and
-BEIR's sort of the corpus by text length is skipped (synthetic vectors have no text). Both produce
-the same thing: the run ``{query id: {doc id: score}}``.
+The anchor is BEIR's class itself (``beir.retrieval.search.dense.DenseRetrievalExactSearch``, BEIR 2.2.0,
+installed by the script as ``bench_generation`` does): ``search(corpus, queries, top_k, "cos_sim")`` with
+its corpus sort by text length, chunks of 50,000, ``cos_sim`` (which L2-normalises both sides again), NaN
+scores set to -1, ``torch.topk(k + 1, sorted=False)`` per chunk, ``.tolist()`` and a per-query ``heapq``
+merge in Python. Its model is :class:`PrecomputedModel`, which hands back the same precomputed vectors
+ours gets (``encode_queries`` the query matrix, ``encode_corpus`` a view of the corpus rows asked for), so
+both sides time retrieval, not encoding. Both produce the run ``{query id: {doc id: score}}``.
 
 Agreement: per query the two top-k id sets must be equal, except for documents whose score equals
-the k-th score (within 1e-6: the reference re-normalises, which moves scores by float rounding),
+the k-th score (within 1e-6: BEIR re-normalises, which moves scores by float rounding),
 where either side may keep a different one of the tied documents. Writes benchmarks/results/search.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import heapq
 import os
 import platform
 import resource
-import shlex
 import statistics
-import sys
 import threading
 import time
 import tracemalloc
@@ -34,51 +32,40 @@ from typing import Any
 
 import torch
 
+from benchmarks.record import ENV_RECORDED, anchor, command_line, ensure_beir, load_average  # noqa: F401 (re-exported)
 from retrieval.io import write_json_atomic
 from retrieval.search import SearchConfig, resolve_device, search
 
 Run = dict[str, dict[str, float]]
 TIE_TOLERANCE = 1e-6
-ENV_RECORDED = ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")  # they change the timings, so the command names them
 
 
-# ---------------------------------------------------------------- the BEIR-style reference
-def beir_cos_sim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """beir.retrieval.search.dense.util.cos_sim: normalises both sides, then one matrix product."""
-    a_norm = torch.nn.functional.normalize(a, p=2, dim=1)
-    b_norm = torch.nn.functional.normalize(b, p=2, dim=1)
-    return torch.mm(a_norm, b_norm.transpose(0, 1))
+# ---------------------------------------------------------------- BEIR's class, fed precomputed vectors
+class PrecomputedModel:
+    """BEIR's dense model interface (``encode_queries``, ``encode_corpus``) over vectors computed beforehand.
+
+    The corpus dicts carry their row (``"row"``); BEIR passes them back in its own (length-sorted) order, and a
+    contiguous run of rows is returned as a view, so "encoding" costs a list comprehension, not a copy.
+    """
+
+    def __init__(self, queries: torch.Tensor, docs: torch.Tensor) -> None:
+        self.queries, self.docs = queries, docs
+
+    def encode_queries(self, queries: list[str], batch_size: int, **kwargs: Any) -> torch.Tensor:
+        if len(queries) != len(self.queries):
+            raise ValueError(f"{len(queries)} queries asked for, {len(self.queries)} vectors held")
+        return self.queries
+
+    def encode_corpus(self, corpus: list[dict[str, Any]], batch_size: int, **kwargs: Any) -> torch.Tensor:
+        rows = [doc["row"] for doc in corpus]
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return self.docs[rows[0]: rows[0] + len(rows)]
+        return self.docs[torch.tensor(rows)]
 
 
-def beir_exact_search(query_ids: list[str], query_embeddings: torch.Tensor, corpus_ids: list[str],
-                      corpus_embeddings: torch.Tensor, top_k: int, device: torch.device,
-                      corpus_chunk_size: int = 50000) -> Run:
-    """DenseRetrievalExactSearch.search with encode_queries/encode_corpus replaced by precomputed vectors."""
-    results: Run = {qid: {} for qid in query_ids}
-    query_embeddings = query_embeddings.to(device)
-    result_heaps: dict[str, list[tuple[float, str]]] = {qid: [] for qid in query_ids}
-    for corpus_start_idx in range(0, len(corpus_ids), corpus_chunk_size):
-        corpus_end_idx = min(corpus_start_idx + corpus_chunk_size, len(corpus_ids))
-        sub_corpus_embeddings = corpus_embeddings[corpus_start_idx:corpus_end_idx].to(device)  # "encoding"
-        cos_scores = beir_cos_sim(query_embeddings, sub_corpus_embeddings)
-        cos_scores[torch.isnan(cos_scores)] = -1
-        cos_scores_top_k_values, cos_scores_top_k_idx = torch.topk(
-            cos_scores, min(top_k + 1, len(cos_scores[1])), dim=1, largest=True, sorted=False)
-        cos_scores_top_k_values = cos_scores_top_k_values.cpu().tolist()
-        cos_scores_top_k_idx = cos_scores_top_k_idx.cpu().tolist()
-        for query_itr in range(len(query_embeddings)):
-            query_id = query_ids[query_itr]
-            for sub_corpus_id, score in zip(cos_scores_top_k_idx[query_itr], cos_scores_top_k_values[query_itr]):
-                corpus_id = corpus_ids[corpus_start_idx + sub_corpus_id]
-                if corpus_id != query_id:
-                    if len(result_heaps[query_id]) < top_k:
-                        heapq.heappush(result_heaps[query_id], (score, corpus_id))
-                    else:
-                        heapq.heappushpop(result_heaps[query_id], (score, corpus_id))
-    for qid in result_heaps:
-        for score, corpus_id in result_heaps[qid]:
-            results[qid][corpus_id] = score
-    return results
+def beir_corpus(doc_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """BEIR's corpus dict; empty texts, so its stable sort by length keeps the rows in order (a view each chunk)."""
+    return {doc_id: {"title": "", "text": "", "row": row} for row, doc_id in enumerate(doc_ids)}
 
 
 # ---------------------------------------------------------------- measuring
@@ -187,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each method first (CUDA context, allocator)")
     parser.add_argument("--device", default=None, help="cpu or cuda; default: the GPU when there is one")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work-dir", type=Path, default=None, help="where beir is installed if it is not importable")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/search.json"))
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -194,46 +182,57 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     doc_ids = [f"d{i}" for i in range(args.n_docs)]
     query_ids = [f"q{i}" for i in range(args.n_queries)]
     config = SearchConfig(backend="exact", k=args.k, device=str(device))
+    beir_install = ensure_beir(args.work_dir, "beir.retrieval.search.dense")
+    from beir.retrieval.search.dense import DenseRetrievalExactSearch
+
+    model = PrecomputedModel(queries.to(device), docs.to(device))
+    corpus, query_texts = beir_corpus(doc_ids), {qid: "" for qid in query_ids}
 
     def ours() -> Run:
         return search(query_ids, queries, doc_ids, docs, config)
 
-    def reference() -> Run:
-        return beir_exact_search(query_ids, queries, doc_ids, docs, args.k, device)
+    def beir() -> Run:
+        searcher = DenseRetrievalExactSearch(model, show_progress_bar=False)  # its defaults: chunks of 50,000
+        return searcher.search(corpus, query_texts, args.k, "cos_sim")
 
-    times: dict[str, list[float]] = {"ours": [], "reference": []}
+    times: dict[str, list[float]] = {"ours": [], "beir": []}
     memory: dict[str, dict[str, float]] = {}
     runs: dict[str, Run] = {}
+    load_start = load_average()
     for _ in range(args.warmup):
-        reference(), ours()
+        beir(), ours()
     for _ in range(args.repeats):  # interleaved, so a busy neighbour slows both alike
-        for name, fn in (("reference", reference), ("ours", ours)):
+        for name, fn in (("beir", beir), ("ours", ours)):
             seconds, runs[name], mem = measure(fn, device)
             times[name].append(seconds)
             memory[name] = {key: max(value, memory.get(name, {}).get(key, 0.0)) for key, value in mem.items()}
             print(f"{name:9s} {seconds:7.3f} s  " + "  ".join(f"{key} {value:.0f}" for key, value in mem.items()),
                   flush=True)
-    agreement = compare_runs(runs["ours"], runs["reference"])
-    ours_s, reference_s = statistics.median(times["ours"]), statistics.median(times["reference"])
+    agreement = compare_runs(runs["ours"], runs["beir"])
+    ours_s, beir_s = statistics.median(times["ours"]), statistics.median(times["beir"])
     result = {
         "name": "search",
-        "command": " ".join([*(f"{name}={os.environ[name]}" for name in ENV_RECORDED if name in os.environ),
-                             "python -m benchmarks.bench_search", shlex.join(sys.argv[1:] if argv is None else argv)]),
+        "command": command_line("benchmarks.bench_search", argv),
         "machine": machine(device),
         "device": str(device),
+        "anchor": anchor("beir", f"beir.retrieval.search.dense.DenseRetrievalExactSearch(model).search(corpus, "
+                         f"queries, {args.k}, 'cos_sim') with a model returning the same precomputed vectors",
+                         beir_install["version"]),
         "what": f"exact cosine top-{args.k}: {args.n_queries} queries x {args.n_docs} x {args.dim} normalised float32 "
-                "documents -> run dict; reference = BEIR DenseRetrievalExactSearch shape",
+                "documents -> run dict; ours = retrieval.search.search (exact backend)",
         "ours_s": round(ours_s, 4),
-        "reference_s": round(reference_s, 4),
-        "ratio": round(reference_s / ours_s, 3),
+        "beir_s": round(beir_s, 4),
+        "ratio": round(beir_s / ours_s, 3),
         "agree": agreement["agree"],
         "agreement": agreement,
         "times_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
+        "load_average_1m": {"start": load_start, "end": load_average()},
         "memory_mb": {name: {key: round(value, 1) for key, value in mem.items()} for name, mem in memory.items()},
         "process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "inputs_mb": round((docs.numel() + queries.numel()) * 4 / 2**20, 1),
+        "beir_install": beir_install,
     }
-    print(f"ours {ours_s:.3f} s, reference {reference_s:.3f} s, ratio {result['ratio']:.2f}x, agree {result['agree']} "
+    print(f"ours {ours_s:.3f} s, BEIR {beir_s:.3f} s, ratio {result['ratio']:.2f}x, agree {result['agree']} "
           f"({agreement['queries_identical']} identical, {agreement['queries_tie_only']} differ only at tied scores, "
           f"max score difference {agreement['max_score_diff']:.2e})")
     write_json_atomic(args.output, result)

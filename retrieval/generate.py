@@ -41,6 +41,7 @@ from datamodules.generation import Documents, GenerationDataModule, Prompts, che
 from datamodules.prompts import TASKS, PromptTemplates
 from datamodules.selfinstruct import tokenizer_fingerprint
 from lightning_modules.decoding import DecodingConfig
+from lightning_modules.precision import precision_identity
 from lightning_modules.seq2seq import Seq2SeqModule
 from retrieval.embed import items_fingerprint
 from retrieval.io import InputError, file_sha256, write_json_atomic
@@ -63,10 +64,13 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def run_fingerprint(module: Seq2SeqModule, prompts: Prompts, stage: int, max_input_length: int) -> str:
-    """What decides the records: weights, tokenizer, decoding, label, prompts, tasks, input length, stage."""
-    settings = {"format": FORMAT_VERSION, "stage": stage, "weights": weights_fingerprint(module.model),
-                "tokenizer": tokenizer_fingerprint(module.tokenizer), "decoding": asdict(module.decoding),
+def run_fingerprint(module: Seq2SeqModule, prompts: Prompts, stage: int, max_input_length: int,
+                    precision: dict[str, str] | None = None) -> str:
+    """What decides the records: weights, tokenizer, decoding, label, prompts, tasks, input length, stage and
+    a precision other than float32 (``precision_identity``)."""
+    settings = {**(precision or {}), "format": FORMAT_VERSION, "stage": stage,
+                "weights": weights_fingerprint(module.model), "tokenizer": tokenizer_fingerprint(module.tokenizer),
+                "decoding": asdict(module.decoding),
                 "model": module.model_label, "tasks": list(prompts.tasks), "max_input_length": max_input_length,
                 "prompts": items_fingerprint((record_key(doc_id, task, 0), prompt)
                                              for (doc_id, task), prompt in prompts)}
@@ -164,7 +168,7 @@ def generate_synthetic(dataset: Documents, module_or_path: Seq2SeqModule | str |
     if not len(prompts):
         raise InputError("no documents to generate for", field="dataset")
     input_length = max_input_length or module.max_input_length
-    fingerprint = run_fingerprint(module, prompts, stage, input_length)
+    fingerprint = run_fingerprint(module, prompts, stage, input_length, precision_identity(trainer_kwargs))
     samples = module.decoding.num_samples
     order = RecordOrder(prompts, samples)
     writer = SyntheticTextWriter(output, stage, order=order, fingerprint=fingerprint, keep_parts=True)
@@ -191,6 +195,7 @@ def generate_synthetic(dataset: Documents, module_or_path: Seq2SeqModule | str |
 
     if trainer.is_global_zero:
         write_json_atomic(meta_path(output), {"fingerprint": fingerprint, "sha256": file_sha256(output),
-                                              "records": len(order), "stage": stage, "model": module.model_label})
+                                              "records": len(order), "stage": stage, "model": module.model_label,
+                                              "precision": str(trainer.precision)})
         shutil.rmtree(writer.parts_root, ignore_errors=True)
     return output

@@ -150,3 +150,26 @@ def test_sweep_stage_chooses_whose_outputs_the_plot_uses(finished_run: tuple[Pat
     sweep = json.loads((run_dir / layout.SWEEP_JSON).read_text())
     assert sweep["stage"] == "stage1" and set(sweep["ndcg@10"]) >= {"manual", "uniform"}
     _run(profile, run_dir)  # restore, so test order does not matter
+
+
+def test_forced_bf16_reruns_the_model_stages_and_records_it(finished_run: tuple[Path, list], profile: Path,
+                                                           tmp_path: Path) -> None:
+    """``--trainer.precision bf16`` (on any CPU): tuning, stage 2 and embedding rerun in bf16-mixed, not reused
+    from the float32 run, and the run records the precision in its config, its timings and its vector files."""
+    import shutil
+
+    from retrieval.vectors import read_vector_metadata
+
+    run_dir = shutil.copytree(finished_run[0], tmp_path / "bf16")
+    outcomes = _run(profile, run_dir, "--trainer.precision", "bf16")
+    assert {o.name: o.status for o in outcomes} == {"data": "skipped", "stage1": "skipped", "filter": "skipped",
+                                                    "tune": "ran", "stage2": "ran", "filter2": "ran", "embed": "ran",
+                                                    "evaluate": "ran"}
+    config = json.loads((run_dir / layout.PIPELINE_CONFIG).read_text())
+    assert config["trainer"]["precision"] == "bf16-mixed"
+    assert config["precision"] == {"setting": "bf16", "lightning": "bf16-mixed", "device": "cpu",
+                                   "reason": "forced by the configuration", "dtype": "bfloat16"}
+    assert json.loads((run_dir / layout.TIMINGS).read_text())["precision"]["lightning"] == "bf16-mixed"
+    for path in layout.vector_outputs(True):
+        assert read_vector_metadata(run_dir / path)["precision"] == "bf16-mixed", path
+    assert json.loads((run_dir / (layout.STAGE2 + ".meta.json")).read_text())["precision"] == "bf16-mixed"

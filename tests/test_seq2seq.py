@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,35 @@ def test_predict_returns_num_samples_records_per_prompt_with_ids(models: dict[st
     assert all(r["model"] == "tiny" and isinstance(r["text"], str) and r["text"] for r in records)
     specials = set(module.tokenizer.all_special_tokens)
     assert not any(token in r["text"] for r in records for token in specials)
+
+
+
+@pytest.mark.parametrize("name", ["t5", "bert2bert"])
+def test_cross_attention_projections_run_once_per_prompt_with_the_same_texts(models: dict[str, Path], name: str,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 3 samples the decoder projects the encoder output (cross-attention keys and values) on the 4 prompts'
+    rows, never on the 12 sample rows, and writes exactly the texts that projecting every row writes."""
+    import lightning_modules.seq2seq as seq2seq
+
+    module = _module(models[name], decoding=DecodingConfig(num_samples=3, max_new_tokens=8, top_p=None))
+    decoder_linears = {id(layer) for layer in module.model.get_decoder().modules()
+                       if isinstance(layer, torch.nn.Linear)}
+    shapes: list[tuple[int, ...]] = []
+
+    def recording(layer: torch.nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+        if id(layer) in decoder_linears:
+            shapes.append(tuple(inputs.shape[:2]))
+        return torch.nn.functional.linear(inputs, layer.weight, layer.bias)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    batch = _predict_batch(module, list(DOCS))
+    length = batch["input_ids"].shape[1]  # the encoder output's length: only cross-attention projects it
+    shared = _texts(module, list(DOCS))
+    assert shapes.count((len(DOCS), length)) >= 2 and (3 * len(DOCS), length) not in shapes
+    shapes.clear()
+    monkeypatch.setattr(seq2seq, "project_once_per_prompt", lambda *args: contextlib.nullcontext())
+    assert _texts(module, list(DOCS)) == shared
+    assert (3 * len(DOCS), length) in shapes and (len(DOCS), length) not in shapes  # the control: every row projected
 
 
 @pytest.mark.parametrize("name", ["t5", "bert2bert"])
