@@ -3,7 +3,7 @@
     python -m benchmarks.bench_embedding                                  # CPU: MiniLM (the packaged copy)
     python -m benchmarks.bench_embedding --model FOLDER --texts 20000     # any encoder; on a GPU in bf16
 
-* ours: :func:`retrieval.embed.embed_texts` (``Trainer.predict``, length-sorted batches, a part file per
+* ours: :func:`pipeline.embed.embed_texts` (``Trainer.predict``, length-sorted batches, a part file per
   batch, the merge into one vector file), precision ``bf16-true`` on a GPU, ``32-true`` on a CPU;
 * anchor: the loop one writes by hand: texts in corpus order, ``tokenizer(batch, padding, truncation)``,
   the encoder, mean pooling, L2 normalisation, the vectors kept in memory; same encoder module
@@ -30,10 +30,10 @@ from typing import Any
 import torch
 
 from benchmarks.bench_search import ENV_RECORDED, machine
+from core.io import iter_jsonl, write_json_atomic
 from lightning_modules.encoder import EncoderModule, mean_pool
 from lightning_modules.loading import load_tokenizer
-from retrieval.embed import embed_texts
-from retrieval.io import iter_jsonl, write_json_atomic
+from pipeline.embed import embed_texts
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CORPUS = REPO / "data" / "scifact-demo" / "corpus.jsonl"
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": device.type,
         "dtype": "bfloat16" if gpu else "float32",
         "what": (f"{count} texts (SciFact demo documents, cycled), encoder of {args.model}, mean pooling, batch "
-                 f"{batch_size}, max {module.max_length} tokens; ours = retrieval.embed.embed_texts, anchor = plain "
+                 f"{batch_size}, max {module.max_length} tokens; ours = pipeline.embed.embed_texts, anchor = plain "
                  "loop in corpus order"),
         "tokens": tokens,
         "ours": {"seconds": round(median["ours"], 3), "texts_per_s": round(count / median["ours"], 1),

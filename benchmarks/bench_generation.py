@@ -1,4 +1,4 @@
-"""Generation throughput: our stage (``retrieval.generate``) against BEIR's ``QueryGenerator``, one process.
+"""Generation throughput: our stage (``pipeline.generate``) against BEIR's ``QueryGenerator``, one process.
 
     python -m benchmarks.bench_generation --docs 24 --max-new-tokens 32    # CPU (the recorded CPU run)
     python -m benchmarks.bench_generation --quick                           # one GPU, about 3 minutes
@@ -63,12 +63,12 @@ from typing import Any
 import torch
 
 from benchmarks.bench_search import ENV_RECORDED, machine
+from core.io import write_json_atomic
 from datamodules.beir import load_beir
 from datamodules.prompts import PromptTemplates
 from lightning_modules.decoding import DecodingConfig
 from lightning_modules.seq2seq import Seq2SeqModule
-from retrieval.generate import generate_synthetic
-from retrieval.io import write_json_atomic
+from pipeline.generate import generate_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 BEIR_VERSION = "2.2.0"
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dtype": str(dtype).split(".")[-1],
         "what": (f"{len(documents)} documents of {data.name}, one sampled question each, exactly {new_tokens} new "
                  f"tokens (top-k {TOP_K}, top-p {TOP_P}); flan-t5-base shape, random weights; ours = "
-                 "retrieval.generate.generate_synthetic, reference = BEIR QueryGenerator + QGenModel"),
+                 "pipeline.generate.generate_synthetic, reference = BEIR QueryGenerator + QGenModel"),
         "tokenizer": f"SentencePiece unigram trained on {len(texts)} documents of {data.name} "
                      "(token counts differ from FLAN-T5's tokenizer)",
         "beir": beir_install,

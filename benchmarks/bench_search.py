@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from retrieval.io import write_json_atomic
+from core.io import write_json_atomic
 from retrieval.search import SearchConfig, resolve_device, search
 
 Run = dict[str, dict[str, float]]

@@ -21,8 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lightning_modules.loading import load_tokenizer
-
 if TYPE_CHECKING:
     from lightning_modules.encoder import EncoderModule
 
@@ -100,7 +98,7 @@ def _idf_weights(encoder: "EncoderModule", tokenizer: Any, references: Sequence[
 
 def encoder_tokenizer(encoder: "EncoderModule") -> Any:
     """The tokenizer the embedding loop uses for this encoder (TextsDataModule loads the same one)."""
-    return load_tokenizer(encoder.source.model_path, trust_remote_code=encoder.hparams.trust_remote_code)
+    return encoder.tokenizer
 
 
 def _as_embedded(encoder: "EncoderModule", texts: Sequence[str]) -> list[str]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval.io import InputError, write_json_atomic, write_text_atomic
+from core.io import InputError, write_json_atomic, write_text_atomic
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"

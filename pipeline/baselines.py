@@ -19,8 +19,8 @@ from typing import Any, Literal
 from datamodules.beir import BeirDataset
 from datamodules.downsample import DataConfig, load_dataset_from_config
 from lightning_modules.loading import resolve_model_source
+from pipeline.embed import embed_texts
 from retrieval.bm25 import BM25Config, bm25_search
-from retrieval.embed import embed_texts
 from retrieval.metrics import evaluate_run
 from retrieval.results import DEFAULT_COLUMNS, ResultRow, format_table, update_results
 from retrieval.search import SearchConfig

@@ -11,7 +11,6 @@ model or text is never served stale vectors.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,18 +22,11 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks.vector_writer import VectorWriter
+from core.fingerprint import items_hash, stable_hash
+from core.io import InputError
 from datamodules.embedding import TextsDataModule, check_items
 from lightning_modules.encoder import EncoderModule
-from retrieval.io import InputError
 from retrieval.vectors import load_vectors, read_vector_ids, read_vector_metadata, save_vectors
-
-
-def items_fingerprint(items: Sequence[tuple[str, str]]) -> str:
-    """A hash of every id and text, in order."""
-    digest = hashlib.sha256()
-    for key, text in items:
-        digest.update(key.encode("utf-8") + b"\0" + text.encode("utf-8") + b"\0")
-    return digest.hexdigest()
 
 
 def _is_complete(output: Path, ids: list[str], tag: str) -> bool:
@@ -79,7 +71,7 @@ def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, 
     check_items(items)  # before hashing: a bad item gets its clear error, not an AttributeError
     module = encoder if isinstance(encoder, EncoderModule) else EncoderModule(encoder)
     ids = [key for key, _ in items]
-    fingerprint = hashlib.sha256(f"{module.fingerprint()}:{items_fingerprint(items)}".encode()).hexdigest()[:16]
+    fingerprint = stable_hash([module.fingerprint(), items_hash(items)])
     tag = f"{fingerprint}-{dtype}"
     if _is_complete(output, ids, tag):
         rank_zero_info(f"{output} already holds these {len(ids)} vectors" + ("; loading it" if return_vectors else ""))
