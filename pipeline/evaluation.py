@@ -28,6 +28,7 @@ from retrieval.metrics import evaluate_run
 from retrieval.rao_blackwell import RaoBlackwellConfig, rao_blackwellise
 from retrieval.results import ResultRow, write_results
 from retrieval.search import search
+from retrieval.significance import compare_to_baselines
 from retrieval.vectors import load_vectors
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class Evaluator:
     def score_run(self, run: dict[str, dict[str, float]]) -> dict[str, float]:
         cfg = self.ctx.evaluate
         return evaluate_run(self.dataset.qrels, run, k_values=cfg.k_values,
-                            ignore_identical_ids=cfg.search.ignore_identical_ids)
+                            ignore_identical_ids=cfg.search.ignore_identical_ids, per_query=True)
 
     def score_units(self, units: Units) -> dict[str, float]:
         unit_to_doc = None if units.unit_to_doc is None else units.unit_to_doc
@@ -134,8 +135,12 @@ class Evaluator:
             weights = bertscore_f1(encoder, synthetic.texts, references).float()
             with atomic_path(cache) as tmp, open(tmp, "wb") as handle:
                 np.save(handle, weights.numpy())
-        synthetic.weights = weights
-        return weights
+        negative = int((weights < 0).sum())
+        if negative:  # raw F1 below 0: no token of the output is closer to the document than chance, weight 0
+            log.warning("BERTScore F1 < 0 for %d of %d %s outputs: they get weight 0 in rb-bertscore-* rows",
+                        negative, len(weights), stage)
+        synthetic.weights = weights.clamp(min=0.0)
+        return synthetic.weights
 
     def rao_blackwell(self, level: str, stage: str, config: RaoBlackwellConfig,
                       sentence_weight: float | None = None) -> Units:
@@ -181,7 +186,8 @@ def _row(system: str, scores: Callable[[], dict[str, float]], extra: dict[str, A
     start = time.perf_counter()
     metrics = scores()
     log.info("%-32s nDCG@10 %.4f", system, metrics.get("ndcg@10", float("nan")))
-    return ResultRow(system, metrics, {**(extra or {}), "seconds": round(time.perf_counter() - start, 2)})
+    return ResultRow(system, dict(metrics), {**(extra or {}), "seconds": round(time.perf_counter() - start, 2)},
+                     per_query=getattr(metrics, "per_query", None))
 
 
 def available_stages(ctx: PipelineContext) -> list[str]:
@@ -292,6 +298,10 @@ def evaluate_run_dir(ctx: PipelineContext) -> list[ResultRow]:
     """Write ``results.json``/``results.md``, ``sweep.json`` and the sweep plot; log the table."""
     evaluator = Evaluator(ctx)
     rows = table_rows(ctx, evaluator)
+    vs = compare_to_baselines({row.system: row.per_query for row in rows if row.per_query})
+    for row in rows:  # each rb-*/expansion-* row against dense, dense-sentence and dense-multi, query by query
+        if row.system in vs:
+            row.extra["vs"] = {base: comparison.to_json() for base, comparison in vs[row.system].items()}
     name = Path(ctx.data.path).name
     write_results(ctx.run_dir, name, ctx.data.split, rows, columns=ctx.evaluate.columns)
     sweep = weight_sweep(ctx, evaluator, rows)

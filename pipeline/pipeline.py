@@ -188,7 +188,8 @@ def build_stages(ctx: PipelineContext) -> list[Stage]:
     from pipeline import stages as run
 
     model, prompts = ctx.model_config, _plain(ctx.prompts)
-    gen = {k: v for k, v in _plain(ctx.generation).items() if k != "batch_size"}
+    # what generation writes; filter_stage2 decides filter2's work only (it is in filter2's slice below)
+    gen = {k: v for k, v in _plain(ctx.generation).items() if k not in ("batch_size", "filter_stage2")}
     embed = {k: v for k, v in _plain(ctx.embed).items() if k != "batch_size"}
     stage1 = _plain(ctx.stage1)
     if ctx.stage1.source == "file":  # the file's contents decide, not where it lies

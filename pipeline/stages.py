@@ -81,18 +81,27 @@ def run_tune(ctx: PipelineContext) -> None:
     from lightning_modules.cli import fit_selfinstruct
 
     ctx.finish_loggers()  # W&B allows one active run per process: tuning logs to its own run in the group
-    _discard_checkpoints_of_other_runs(ctx)
+    key_file, key = _discard_checkpoints_of_other_runs(ctx)
     trainer = {**ctx.trainer, **ctx.fit.trainer, "default_root_dir": str(ctx.run_dir / layout.FIT_DIR)}
     trainer["logger"] = ctx.fit_logger_config()
     data = {"init_args": {**ctx.fit.data, "train_file": str(ctx.run_dir / layout.TRAIN),
                           "val_file": str(ctx.run_dir / layout.VAL)}}
     fit_selfinstruct(*ctx.fit.configs, {"model": ctx.model_config, "trainer": trainer, "data": data},
                      overrides=["--ckpt_path=last", *ctx.fit.overrides])
+    if ctx.is_global_zero:  # a later rerun of this tuning (forced, or its inputs rebuilt) starts afresh
+        from retrieval.io import write_text_atomic
+
+        write_text_atomic(key_file, f"{key} {FINISHED}\n")
 
 
-def _discard_checkpoints_of_other_runs(ctx: PipelineContext) -> None:
+FINISHED = "finished"
+
+
+def _discard_checkpoints_of_other_runs(ctx: PipelineContext) -> tuple[Path, str]:
     """Resume (``ckpt_path=last``) only an interrupted run of the same tuning; a changed model, fit setting
-    or training file starts afresh instead of continuing someone else's optimizer state."""
+    or training file starts afresh instead of continuing someone else's optimizer state, and so does a
+    tuning that had finished (resuming its last checkpoint would train nothing and save no model).
+    Returns the key file and this tuning's key."""
     import hashlib
     import json
     import shutil
@@ -105,10 +114,13 @@ def _discard_checkpoints_of_other_runs(ctx: PipelineContext) -> None:
         digest.update((ctx.run_dir / name).read_bytes())
     key, key_file = digest.hexdigest()[:16], ctx.run_dir / layout.FIT_DIR / "run-key.txt"
     if ctx.is_global_zero:
-        if key_file.is_file() and key_file.read_text().strip() != key:
-            log.info("tuning settings or data changed: discarding the checkpoints of the previous tuning run")
+        previous = key_file.read_text().split() if key_file.is_file() else []
+        if previous and (previous[0] != key or previous[-1] == FINISHED):
+            log.info("tuning settings or data changed, or the previous tuning had finished: discarding its "
+                     "checkpoints and tuning afresh")
             shutil.rmtree(ctx.run_dir / layout.FIT_DIR / "checkpoints", ignore_errors=True)
         write_text_atomic(key_file, key + "\n")
+    return key_file, key
 
 
 def run_stage2(ctx: PipelineContext) -> None:
@@ -136,14 +148,26 @@ def run_filter2(ctx: PipelineContext) -> None:
                                 work_dir=ctx.run_dir / "cache" / "filter")
         write_json_atomic(ctx.run_dir / layout.STAGE2_FILTER_REPORT, result.report)
         records = result.kept
+    else:  # a report left by an earlier filtered run would describe outputs that are no longer the kept ones
+        (ctx.run_dir / layout.STAGE2_FILTER_REPORT).unlink(missing_ok=True)
     write_synthetic(ctx.run_dir / layout.STAGE2_KEPT, records)
 
 
 def synthetic_records(ctx: PipelineContext, stage: str) -> list[SyntheticRecord]:
-    """The synthetic texts that augment vectors: the filter's kept ones (or all, by configuration)."""
+    """The synthetic texts that augment vectors: the filter's kept ones (or all, by configuration).
+
+    An empty output (whitespace only; the filter drops them, ``use_filtered: false`` and
+    ``generation.filter_stage2: false`` do not) is left out: it has no embedding and says nothing about its
+    document; the log counts them.
+    """
     paths = {"stage1": (layout.STAGE1_KEPT, layout.STAGE1), "stage2": (layout.STAGE2_KEPT, layout.STAGE2)}
     kept, raw = paths[stage]
-    return read_synthetic(ctx.run_dir / (kept if ctx.evaluate.use_filtered else raw), ctx.dataset.corpus)
+    records = read_synthetic(ctx.run_dir / (kept if ctx.evaluate.use_filtered else raw), ctx.dataset.corpus)
+    texts = [record for record in records if record.text.strip()]
+    if len(texts) < len(records):
+        log.info("%s: %d of %d unfiltered outputs are empty and augment nothing", stage, len(records) - len(texts),
+                 len(records))
+    return texts
 
 
 def expansion_texts(ctx: PipelineContext, records: list[SyntheticRecord]) -> list[tuple[str, str]]:
