@@ -119,20 +119,26 @@ class Evaluator:
         if synthetic.weights is not None:
             return synthetic.weights
         references = [self.dataset.doc_text(self.doc_ids[i]) for i in synthetic.doc.tolist()]
-        key = hashlib.sha256(json.dumps([self.ctx.embedding_encoder, synthetic.texts, references]).encode())
+        layer = self.ctx.rao_blackwell.bertscore_layer
+        key = hashlib.sha256(json.dumps(["bert_score-0.3.13", layer, self.ctx.embedding_encoder, synthetic.texts,
+                                         references]).encode())
         cache = self.ctx.run_dir / "cache" / f"bertscore-{stage}-{key.hexdigest()[:16]}.npy"
         if cache.is_file():
             weights = torch.from_numpy(np.load(cache))
         else:
             from lightning_modules.encoder import EncoderModule
-            from retrieval.bertscore import bertscore_f1
+            from retrieval.bertscore import bertscore_f1, check_layer
             from retrieval.io import atomic_path
 
             encoder = EncoderModule(self.ctx.embedding_encoder)
+            try:
+                check_layer(encoder, layer)
+            except ValueError as err:
+                raise ValueError(f"rao_blackwell.bertscore_layer: {err}") from None
             if torch.cuda.is_available():
                 encoder = encoder.cuda()
             encoder.eval()
-            weights = bertscore_f1(encoder, synthetic.texts, references).float()
+            weights = bertscore_f1(encoder, synthetic.texts, references, layer=layer).float()
             with atomic_path(cache) as tmp, open(tmp, "wb") as handle:
                 np.save(handle, weights.numpy())
         negative = int((weights < 0).sum())

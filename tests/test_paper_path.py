@@ -206,6 +206,18 @@ def test_a_forced_rerun_of_a_finished_tuning_tunes_again(paper_run, tmp_path) ->
     assert all(np.allclose(tuned[name].numpy(), first[name].numpy(), atol=1e-6) for name in first)
 
 
+def test_bertscore_layer_reruns_only_evaluate_and_is_checked(paper_run, tmp_path) -> None:
+    source, profile_path, _ = paper_run
+    rows = lambda run: {r["system"]: r for r in json.loads((run / layout.RESULTS_JSON).read_text())["rows"]}  # noqa
+    run_dir, statuses = _variant(paper_run, tmp_path, "--rao_blackwell.bertscore_layer", "1")
+    assert [name for name, status in statuses.items() if status == "ran"] == ["evaluate"]
+    assert len(list((run_dir / "cache").glob("bertscore-stage1-*.npy"))) == 2, "one cache file per layer"
+    assert rows(run_dir)["rb-bertscore-doc-stage1"]["rao_blackwell"]["bertscore_layer"] == 1
+    assert rows(run_dir)["rb-manual-doc-stage1"]["ndcg@10"] == rows(source)["rb-manual-doc-stage1"]["ndcg@10"]
+    with pytest.raises(ValueError, match=r"rao_blackwell.bertscore_layer: .*\[0, 2\]"):
+        _run(profile_path, run_dir, "--rao_blackwell.bertscore_layer", "3")
+
+
 def _hand_made_dense_run(run_dir: Path) -> dict[str, dict[str, float]]:
     """Cosine of every query with every document from the stored vectors, by numpy alone."""
     doc_ids, docs = load_vectors(run_dir / layout.DOCUMENTS)
