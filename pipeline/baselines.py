@@ -66,8 +66,9 @@ def _timed_row(system: str, dataset: BeirDataset, search: SearchConfig, extra: d
                retrieve: Callable[[], dict[str, dict[str, float]]]) -> ResultRow:
     start = time.perf_counter()
     run = retrieve()
-    metrics = evaluate_run(dataset.qrels, run, ignore_identical_ids=search.ignore_identical_ids)
-    return ResultRow(system, metrics, {**extra, "wall_s": round(time.perf_counter() - start, 1)})
+    metrics = evaluate_run(dataset.qrels, run, ignore_identical_ids=search.ignore_identical_ids, per_query=True)
+    return ResultRow(system, dict(metrics), {**extra, "wall_s": round(time.perf_counter() - start, 1)},
+                     per_query=metrics.per_query)
 
 
 def run_baselines(data: DataConfig, output_dir: Path | None = None, encoder: str | None = None,

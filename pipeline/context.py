@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,8 @@ from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationCo
 from retrieval.filter import FilterConfig
 from retrieval.rao_blackwell import RaoBlackwellConfig
 from retrieval.synthetic import SyntheticRecord, read_synthetic
+
+log = logging.getLogger(__name__)
 
 
 def model_section(model: Callable[[], GeneratorModule]) -> dict[str, Any]:
@@ -107,10 +110,25 @@ class PipelineContext:
         return self.base_encoder
 
     def synthetic_records(self, stage: str) -> list[SyntheticRecord]:
-        """The synthetic texts that augment vectors: the filter's kept ones (or all, by configuration)."""
+        """The synthetic texts that augment vectors: the filter's kept ones (or all, by configuration).
+
+        An empty output (whitespace only; the filter drops them, ``use_filtered: false`` and
+        ``generation.filter_stage2: false`` do not) is left out: it has no embedding and says nothing about its
+        document; the log counts them.
+        """
         paths = {"stage1": (layout.STAGE1_KEPT, layout.STAGE1), "stage2": (layout.STAGE2_KEPT, layout.STAGE2)}
         kept, raw = paths[stage]
-        return read_synthetic(self.run_dir / (kept if self.evaluate.use_filtered else raw), self.dataset.corpus)
+        records = read_synthetic(self.run_dir / (kept if self.evaluate.use_filtered else raw), self.dataset.corpus)
+        texts = [record for record in records if record.text.strip()]
+        if len(texts) < len(records):
+            log.info("%s: %d of %d unfiltered outputs are empty and augment nothing", stage,
+                     len(records) - len(texts), len(records))
+        return texts
+
+    def generation_settings(self) -> dict[str, Any]:
+        """What decides the model's generated texts: ``generation`` without the batch size (outputs do not
+        depend on it) and ``filter_stage2`` (it decides filter2's work only)."""
+        return {k: v for k, v in plain(self.generation).items() if k not in ("batch_size", "filter_stage2")}
 
     @property
     def run_name(self) -> str:

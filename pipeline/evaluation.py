@@ -26,12 +26,13 @@ from core.registry import Registry
 from lightning_modules.encoder import EncoderModule
 from pipeline import layout
 from pipeline.context import PipelineContext
-from retrieval.bertscore import bertscore_f1
+from retrieval.bertscore import bertscore_f1, check_layer
 from retrieval.bm25 import bm25_search
 from retrieval.metrics import evaluate_run
 from retrieval.rao_blackwell import WEIGHTING_METHODS, RaoBlackwellConfig, rao_blackwellise
 from retrieval.results import ResultRow, write_results
 from retrieval.search import search
+from retrieval.significance import compare_to_baselines
 from retrieval.synthetic import expansion_texts
 from retrieval.vectors import load_vectors
 
@@ -72,21 +73,33 @@ OUTPUT_SCORES: Registry[OutputScore] = Registry("per-output score")
 
 @OUTPUT_SCORES.register("bertscore")
 def bertscore_weights(evaluator: Evaluator, name: str) -> torch.Tensor:
-    """BERTScore F1 of each synthetic text against its document, with the run's encoder, cached under ``cache/``."""
+    """BERTScore F1 (as ``bert_score`` computes it, at ``rao_blackwell.bertscore_layer``) of each synthetic text
+    against its document, with the run's encoder, cached under ``cache/``; a negative F1 counts 0."""
     synthetic = evaluator.synthetic(name)
     references = [evaluator.dataset.doc_text(evaluator.doc_ids[i]) for i in synthetic.doc.tolist()]
     encoder_name = evaluator.ctx.embedding_encoder
-    cache = evaluator.ctx.run_dir / "cache" / f"bertscore-{name}-{stable_hash([encoder_name, synthetic.texts, references])}.npy"
+    layer = evaluator.ctx.rao_blackwell.bertscore_layer
+    key = stable_hash(["bert_score-0.3.13", layer, encoder_name, synthetic.texts, references])
+    cache = evaluator.ctx.run_dir / "cache" / f"bertscore-{name}-{key}.npy"
     if cache.is_file():
-        return torch.from_numpy(np.load(cache))
-    encoder = EncoderModule(encoder_name)
-    if torch.cuda.is_available():
-        encoder = encoder.cuda()
-    encoder.eval()
-    weights = bertscore_f1(encoder, synthetic.texts, references).float()
-    with atomic_path(cache) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, weights.numpy())
-    return weights
+        weights = torch.from_numpy(np.load(cache))
+    else:
+        encoder = EncoderModule(encoder_name)
+        try:
+            check_layer(encoder, layer)
+        except ValueError as err:
+            raise ValueError(f"rao_blackwell.bertscore_layer: {err}") from None
+        if torch.cuda.is_available():
+            encoder = encoder.cuda()
+        encoder.eval()
+        weights = bertscore_f1(encoder, synthetic.texts, references, layer=layer).float()
+        with atomic_path(cache) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, weights.numpy())
+    negative = int((weights < 0).sum())
+    if negative:  # raw F1 below 0: no token of the output is closer to the document than chance, weight 0
+        log.warning("BERTScore F1 < 0 for %d of %d %s outputs: they get weight 0 in rb-bertscore-* rows",
+                    negative, len(weights), name)
+    return weights.clamp(min=0.0)
 
 
 class Evaluator:
@@ -128,7 +141,7 @@ class Evaluator:
     def score_run(self, run: dict[str, dict[str, float]]) -> dict[str, float]:
         cfg = self.ctx.evaluate
         return evaluate_run(self.dataset.qrels, run, k_values=cfg.k_values,
-                            ignore_identical_ids=cfg.search.ignore_identical_ids)
+                            ignore_identical_ids=cfg.search.ignore_identical_ids, per_query=True)
 
     def score_units(self, units: Units) -> dict[str, float]:
         vectors, unit_to_doc, doc_ids = units.vectors, units.unit_to_doc, self.doc_ids
@@ -238,7 +251,8 @@ def _row(system: str, scores: Callable[[], dict[str, float]], extra: dict[str, A
     start = time.perf_counter()
     metrics = scores()
     log.info("%-32s nDCG@10 %.4f", system, metrics.get("ndcg@10", float("nan")))
-    return ResultRow(system, metrics, {**(extra or {}), "seconds": round(time.perf_counter() - start, 2)})
+    return ResultRow(system, dict(metrics), {**(extra or {}), "seconds": round(time.perf_counter() - start, 2)},
+                     per_query=getattr(metrics, "per_query", None))
 
 
 def available_stages(ctx: PipelineContext) -> list[str]:
@@ -349,6 +363,10 @@ def evaluate_run_dir(ctx: PipelineContext) -> list[ResultRow]:
     """Write ``results.json``/``results.md``, ``sweep.json`` and the sweep plot; log the table."""
     evaluator = Evaluator(ctx)
     rows = table_rows(ctx, evaluator)
+    vs = compare_to_baselines({row.system: row.per_query for row in rows if row.per_query})
+    for row in rows:  # each rb-*/expansion-* row against dense, dense-sentence and dense-multi, query by query
+        if row.system in vs:
+            row.extra["vs"] = {base: comparison.to_json() for base, comparison in vs[row.system].items()}
     name = Path(ctx.data.path).name
     write_results(ctx.run_dir, name, ctx.data.split, rows, columns=ctx.evaluate.columns)
     sweep = weight_sweep(ctx, evaluator, rows)

@@ -68,8 +68,7 @@ class ModelItself(Stage1Source):
         generate(ctx, ctx.model(), output, stage=1, decoding=ctx.stage1.decoding or ctx.generation.decoding)
 
     def settings(self, ctx: PipelineContext) -> dict[str, Any]:
-        generation = {k: v for k, v in plain(ctx.generation).items() if k != "batch_size"}
-        return {"model": ctx.model_config, "prompts": plain(ctx.prompts), "generation": generation}
+        return {"model": ctx.model_config, "prompts": plain(ctx.prompts), "generation": ctx.generation_settings()}
 
 
 @STAGE1_SOURCES.register("extractive")

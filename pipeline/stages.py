@@ -50,7 +50,7 @@ def run_filter_stage(ctx: PipelineContext) -> None:
 def run_tune(ctx: PipelineContext) -> None:
     """Instruction-tune the model on the kept records; the best model lands in ``fit/model``."""
     ctx.finish_loggers()  # W&B allows one active run per process: tuning logs to its own run in the group
-    _discard_checkpoints_of_other_runs(ctx)
+    key_file, key = _discard_checkpoints_of_other_runs(ctx)
     trainer = {**ctx.trainer, **ctx.fit.trainer, "default_root_dir": str(ctx.run_dir / layout.FIT_DIR)}
     trainer["logger"] = ctx.fit_logger_config()
     data = {"init_args": {**ctx.fit.data, "kept_file": str(ctx.run_dir / layout.STAGE1_KEPT),
@@ -58,19 +58,29 @@ def run_tune(ctx: PipelineContext) -> None:
                           "split_dir": str(ctx.run_dir / layout.SELFINSTRUCT_DIR)}}
     fit_selfinstruct(*ctx.fit.configs, {"model": ctx.model_config, "trainer": trainer, "data": data},
                      overrides=["--ckpt_path=last", *ctx.fit.overrides])
+    if ctx.is_global_zero:  # a later rerun of this tuning (forced, or its inputs rebuilt) starts afresh
+        write_text_atomic(key_file, f"{key} {FINISHED}\n")
 
 
-def _discard_checkpoints_of_other_runs(ctx: PipelineContext) -> None:
+FINISHED = "finished"
+
+
+def _discard_checkpoints_of_other_runs(ctx: PipelineContext) -> tuple[Path, str]:
     """Resume (``ckpt_path=last``) only an interrupted run of the same tuning; a changed model, fit setting
-    or training data starts afresh instead of continuing someone else's optimizer state."""
+    or training data starts afresh instead of continuing someone else's optimizer state, and so does a
+    tuning that had finished (resuming its last checkpoint would train nothing and save no model).
+    Returns the key file and this tuning's key."""
     key = stable_hash({"model": ctx.model_config, "fit": plain(ctx.fit), "prompts": plain(ctx.prompts),
                        "kept": file_sha256(ctx.run_dir / layout.STAGE1_KEPT)})
     key_file = ctx.run_dir / layout.FIT_DIR / "run-key.txt"
     if ctx.is_global_zero:
-        if key_file.is_file() and key_file.read_text().strip() != key:
-            log.info("tuning settings or data changed: discarding the checkpoints of the previous tuning run")
+        previous = key_file.read_text().split() if key_file.is_file() else []
+        if previous and (previous[0] != key or previous[-1] == FINISHED):
+            log.info("tuning settings or data changed, or the previous tuning had finished: discarding its "
+                     "checkpoints and tuning afresh")
             shutil.rmtree(ctx.run_dir / layout.FIT_DIR / "checkpoints", ignore_errors=True)
         write_text_atomic(key_file, key + "\n")
+    return key_file, key
 
 
 def run_stage2(ctx: PipelineContext) -> None:
@@ -91,6 +101,8 @@ def run_filter2(ctx: PipelineContext) -> None:
                                 work_dir=ctx.run_dir / "cache" / "filter")
         write_json_atomic(ctx.run_dir / layout.STAGE2_FILTER_REPORT, result.report)
         records = result.kept
+    else:  # a report left by an earlier filtered run would describe outputs that are no longer the kept ones
+        (ctx.run_dir / layout.STAGE2_FILTER_REPORT).unlink(missing_ok=True)
     write_synthetic(ctx.run_dir / layout.STAGE2_KEPT, records)
 
 
@@ -134,7 +146,7 @@ def _data_settings(data: DataConfig) -> dict[str, object]:
 def build_stages(ctx: PipelineContext) -> list[Stage]:
     """The stages of this configuration, with the settings slice that decides each one's rerun."""
     model, prompts = ctx.model_config, plain(ctx.prompts)
-    gen = {k: v for k, v in plain(ctx.generation).items() if k != "batch_size"}
+    gen = ctx.generation_settings()
     embed = {k: v for k, v in plain(ctx.embed).items() if k != "batch_size"}
     source = STAGE1_SOURCES.get(ctx.stage1.source)()
     embed_deps = ["filter", "filter2"] + (["tune"] if ctx.embed.encoder == "tuned" and not ctx.fit.skip else [])

@@ -139,6 +139,9 @@ class RaoBlackwellConfig:
             sentence (sentence level; needs ``doc_vectors``). 0 turns it off.
         chunk_size: at most this many (unit, output) pairs, and so units, are handled at once: memory
             per chunk is about chunk_size × d floats (the chunk's units and mix), whatever M is.
+        bertscore_layer: ``bertscore`` only: how many of the embedding encoder's layers BERTScore runs
+            (``bert_score``'s ``num_layers``; it has no default for MiniLM or T5 encoders); null: all of them,
+            the last layer, whose states the retrieval vectors pool (``retrieval/bertscore.py``).
     """
 
     method: str = "manual"
@@ -150,6 +153,7 @@ class RaoBlackwellConfig:
     similarity_to: Literal["unit", "document"] = "unit"
     parent_share: float = 0.0
     chunk_size: int = 65536
+    bertscore_layer: int | None = None
 
     def __post_init__(self) -> None:
         WEIGHTING_METHODS.check(self.method, "rao_blackwell.method")
@@ -174,6 +178,8 @@ class RaoBlackwellConfig:
             raise ValueError(f"parent_share must be non-negative, got {self.parent_share}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
+        if self.bertscore_layer is not None and self.bertscore_layer < 0:
+            raise ValueError(f"bertscore_layer must be a layer count >= 0 or null (the last), got {self.bertscore_layer}")
 
     @property
     def tasks(self) -> list[str]:
