@@ -9,7 +9,7 @@
   all-MiniLM-L6-v2 runs it (float32; it sorts by length, pads per batch, truncates at the model's
   ``max_seq_length``, normalises through the model's Normalize module) and, beside it, the same model
   cast to bfloat16 (``.bfloat16()``, the way the issue's author measured it);
-* ours: :func:`retrieval.embed.embed_texts` as the pipeline's embed stage calls it (``Trainer.predict``,
+* ours: :func:`pipeline.embed.embed_texts` as the pipeline's embed stage calls it (``Trainer.predict``,
   length-sorted batches, a part file per batch, the merge into one vector file) at the precision the
   pipeline's ``auto`` resolves to on this machine (:mod:`lightning_modules.precision`), and forced to
   ``bf16-mixed`` where bf16 is measured.
@@ -43,10 +43,10 @@ import torch
 
 from benchmarks.bench_search import machine
 from benchmarks.record import anchor, command_line, default_data, load_average, median_summary, timed_call
+from core.io import iter_jsonl, write_json_atomic
 from lightning_modules.encoder import EncoderModule
 from lightning_modules.precision import cpu_bf16_support, cuda_bf16_support, resolve_precision
-from retrieval.embed import embed_texts
-from retrieval.io import iter_jsonl, write_json_atomic
+from pipeline.embed import embed_texts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          + ("; beside it the same model .bfloat16()" if run_bf16 else "")),
         "what": (f"{count} texts of {data.name} (title + text), {args.model}"
                  f"{' (random weights)' if args.random_init else ''}, truncation {truncation} tokens, batch "
-                 f"{batch_size}; ours = retrieval.embed.embed_texts (Trainer.predict, sorted batches, part files, "
+                 f"{batch_size}; ours = pipeline.embed.embed_texts (Trainer.predict, sorted batches, part files, "
                  f"merge) at precision {default_precision.lightning} (the pipeline's 'auto' here: "
                  f"{default_precision.reason})"),
         "ratio": round(runs["encode"]["seconds"] / runs["ours"]["seconds"], 3),

@@ -1,4 +1,4 @@
-"""Generation throughput: our stage (``retrieval.generate``) against BEIR's ``QueryGenerator``, one process.
+"""Generation throughput: our stage (``pipeline.generate``) against BEIR's ``QueryGenerator``, one process.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_generation --max-new-tokens 32 --repeats 2   # CPU (recorded)
     python -m benchmarks.bench_generation --quick                           # one GPU, about 3 minutes
@@ -75,14 +75,15 @@ from transformers import LogitsProcessorList
 from benchmarks.bench_search import machine
 from benchmarks.record import (BEIR_VERSION, anchor, command_line, default_data, ensure_beir, load_average,
                                median_summary, timed_call)
+from core.io import write_json_atomic
+from core.tasks import TASKS
 from datamodules.beir import load_beir
 from datamodules.generation import Prompts, document_triples
-from datamodules.prompts import TASKS, PromptTemplates
+from datamodules.prompts import PromptTemplates
 from lightning_modules.decoding import DecodingConfig
 from lightning_modules.precision import resolve_precision
 from lightning_modules.seq2seq import Seq2SeqModule
-from retrieval.generate import generate_synthetic
-from retrieval.io import write_json_atomic
+from pipeline.generate import generate_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_K, TOP_P = 25, 0.95  # BEIR QueryGenerator.generate's defaults
@@ -572,7 +573,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          f"batch_size={args.beir_batch_size})", beir_install["version"]),
         "what": (f"{len(documents)} documents of {data.name}; flan-t5-base shape, random weights, {dtype_name}; "
                  f"exactly {new_tokens} new tokens per sequence (top-k {TOP_K}, top-p {TOP_P}); ours = "
-                 "retrieval.generate.generate_synthetic, anchor = BEIR QueryGenerator + QGenModel on the same "
+                 "pipeline.generate.generate_synthetic, anchor = BEIR QueryGenerator + QGenModel on the same "
                  "rendered prompts"),
         "tokenizer": f"SentencePiece unigram trained on {len(texts)} documents of {data.name} "
                      "(token counts differ from FLAN-T5's tokenizer)",

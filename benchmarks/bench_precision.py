@@ -7,10 +7,11 @@ The pipeline's ``trainer.precision: auto`` runs bf16 where the CPU or GPU comput
 (:mod:`lightning_modules.precision`); it may become the default only if it keeps the vectors (lowest cosine
 to float32 >= 0.999) and the ranking quality (nDCG@10 within +-0.002 of float32) of float32. This measures
 both, forcing bf16-mixed (which also works, slowly, where bf16 is only emulated), on the same texts,
-encoder, truncation and batch: :func:`retrieval.embed.embed_texts` for the corpus (``title + " " + text``)
+encoder, truncation and batch: :func:`pipeline.embed.embed_texts` for the corpus (``title + " " + text``)
 and the test queries, :func:`retrieval.search.search` (exact cosine, top 100), nDCG@10 / Recall@100 by
-:func:`retrieval.metrics.evaluate_run`, and a paired sign-flip randomisation test over the per-query nDCG@10
-differences (seeded, 10,000 draws). Times of both precisions are kept (bf16 is slower where emulated).
+:func:`retrieval.metrics.evaluate_run`, and the project's paired tests over the per-query nDCG@10
+differences (:func:`retrieval.significance.paired_compare`: sign-flip randomisation, exact when few queries
+differ, and the paired t-test). Times of both precisions are kept (bf16 is slower where emulated).
 
 A quality check, not a speed record: the JSON has ``kind: "quality"`` and no ``ratio``. Writes
 ``benchmarks/results/precision-bf16-scifact.json``.
@@ -24,30 +25,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmarks.bench_embedding import DEFAULT_MODEL, bf16_supported, lowest_cosine
 from benchmarks.bench_search import machine
 from benchmarks.record import command_line, default_data, load_average
+from core.io import write_json_atomic
 from datamodules.beir import load_beir
 from lightning_modules.encoder import EncoderModule
-from retrieval.embed import embed_texts
-from retrieval.io import write_json_atomic
+from pipeline.embed import embed_texts
 from retrieval.metrics import evaluate_run
 from retrieval.search import SearchConfig, search
+from retrieval.significance import paired_compare
 
 NDCG_TOLERANCE = 0.002
 COSINE_LIMIT = 0.999
 PRECISIONS = {"float32": "32-true", "bf16": "bf16-mixed"}
-
-
-def sign_flip_p_value(differences: np.ndarray, draws: int = 10_000, seed: int = 0) -> float:
-    """Two-sided p of a paired randomisation test: how often random signs give a mean difference this large."""
-    observed = abs(differences.mean())
-    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(draws, differences.size))
-    extreme = np.abs((signs * differences).mean(axis=1)) >= observed - 1e-15
-    return float((extreme.sum() + 1) / (draws + 1))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -81,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seconds = time.perf_counter() - start
             run = search([q for q, _ in queries], query_vectors, doc_ids, doc_vectors,
                          SearchConfig(k=100, device=device.type))
-            means, per_query = evaluate_run(dataset.qrels, run, k_values=[10, 100], per_query=True)
+            means = evaluate_run(dataset.qrels, run, k_values=[10, 100], per_query=True)
+            per_query = {qid: values["ndcg@10"] for qid, values in means.per_query.items()}
             sides[name] = {"doc_vectors": doc_vectors, "query_vectors": query_vectors, "per_query": per_query,
                            "summary": {"precision": precision, "embed_seconds": round(seconds, 1),
                                        "ndcg@10": round(means["ndcg@10"], 5),
@@ -89,10 +83,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                        "load_average_1m_after": load_average()}}
             print(f"{name}: nDCG@10 {means['ndcg@10']:.4f}, Recall@100 {means['recall@100']:.4f}, embedding "
                   f"{seconds:.0f} s", flush=True)
-    qids = sorted(sides["float32"]["per_query"])
-    differences = np.array([sides["bf16"]["per_query"][q]["ndcg@10"] - sides["float32"]["per_query"][q]["ndcg@10"]
-                            for q in qids])
-    delta = float(differences.mean())
+    paired = paired_compare(sides["bf16"]["per_query"], sides["float32"]["per_query"])
+    delta = paired.delta
     cosine = {"documents": lowest_cosine(sides["bf16"]["doc_vectors"], sides["float32"]["doc_vectors"]),
               "queries": lowest_cosine(sides["bf16"]["query_vectors"], sides["float32"]["query_vectors"])}
     result = {
@@ -103,20 +95,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bf16_native": native,
         "bf16_evidence": evidence,
         "what": (f"{len(documents)} documents and {len(queries)} judged {args.split} queries of {data.name}, "
-                 f"{args.model}, batch {args.batch_size}, embedded by retrieval.embed.embed_texts at precision "
+                 f"{args.model}, batch {args.batch_size}, embedded by pipeline.embed.embed_texts at precision "
                  "32-true and bf16-mixed, exact cosine search top 100, nDCG@10 and Recall@100"),
         "float32": sides["float32"]["summary"],
         "bf16": sides["bf16"]["summary"],
         "ndcg@10_difference": round(delta, 5),
-        "paired_sign_flip_p": round(sign_flip_p_value(differences), 4),
-        "queries_with_changed_ndcg@10": int((np.abs(differences) > 1e-9).sum()),
+        "paired": {**paired.to_json(), "p_t": round(paired.p_t, 4), "p_rand": round(paired.p_rand, 4)},
+        "queries_with_changed_ndcg@10": sum(abs(sides["bf16"]["per_query"][q] - value) > 1e-9
+                                            for q, value in sides["float32"]["per_query"].items()),
         "lowest_cosine_bf16_vs_float32": cosine,
         "limits": {"ndcg@10": NDCG_TOLERANCE, "cosine": COSINE_LIMIT},
         "passes": abs(delta) <= NDCG_TOLERANCE and min(cosine.values()) >= COSINE_LIMIT,
         "load_average_1m": {"start": load_start, "end": load_average()},
     }
     write_json_atomic(args.output, result)
-    print(f"bf16 - float32 nDCG@10 {delta:+.5f} (p {result['paired_sign_flip_p']}), lowest cosine {cosine}; "
+    print(f"bf16 - float32 nDCG@10 {delta:+.5f} (paired randomisation p {paired.p_rand:.4f}, t-test p "
+          f"{paired.p_t:.4f}), lowest cosine {cosine}; "
           f"passes: {result['passes']}; written: {args.output}")
     return result
 

@@ -12,7 +12,7 @@ memory-mapped vector file the pages of it read or written, which the kernel drop
 ``ru_maxrss`` (the process's whole life, input building included) is reported too. The load average
 before and after each run is recorded: the machine may be shared.
 
-* ``embedding``: ``retrieval.embed.embed_texts(..., return_vectors=False)`` as the pipeline's embed stage
+* ``embedding``: ``pipeline.embed.embed_texts(..., return_vectors=False)`` as the pipeline's embed stage
   calls it (Trainer.predict, length-sorted batches, per-batch part files, the merge into one float16 file)
   on short synthetic documents (the generation benchmark's corpus: 7 to 24 words) with a tiny random BERT
   (2 layers, hidden 32, MiniLM's WordPiece), 1 thread. The input, a Python list of ``(id, text)`` pairs
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_search import ENV_RECORDED, PeakRSS, machine
-from retrieval.io import write_json_atomic
+from core.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 RSS_RATIO_LIMIT = 1.2
@@ -117,7 +117,7 @@ def tiny_encoder(work: Path) -> Path:
 def embedding_run(count: int, work: Path, batch_size: int) -> dict[str, Any]:
     """One size in this (fresh) process: ``embed_texts`` on ``count`` short documents with a tiny BERT."""
     from benchmarks.bench_generation import synthetic_documents
-    from retrieval.embed import embed_texts
+    from pipeline.embed import embed_texts
     from retrieval.vectors import read_vector_ids
 
     torch.set_num_threads(1)  # a model this small is fastest on one thread
@@ -161,7 +161,7 @@ def embedding_scale(sizes: list[int], work: Path, batch_size: int, command: str,
             "and no text is held beyond one batch")
     result = {"name": "embedding-scale", "kind": "scale", "command": command,
               "machine": machine(torch.device("cpu")),
-              "what": "retrieval.embed.embed_texts(return_vectors=False) (Trainer.predict, sorted batches, part files, "
+              "what": "pipeline.embed.embed_texts(return_vectors=False) (Trainer.predict, sorted batches, part files, "
                       "merge to float16) on synthetic short documents (7 to 24 words), tiny random BERT (2 layers, "
                       f"hidden 32), batch {batch_size}, one process, 1 thread, CPU; each size in a fresh process",
               "time_per_document_ratio": round(small["ms_per_document"] / large["ms_per_document"], 3),
@@ -187,7 +187,7 @@ def vector_file(path: Path, n_docs: int, dim: int, clusters: int, spread: float,
                 chunk: int = 65536) -> Path:
     """A float16 file of ``n_docs`` unit vectors from a mixture of ``clusters`` Gaussians on the sphere,
     written chunk by chunk (never all in memory): a cluster's centre plus noise of norm ~``spread``."""
-    from retrieval.io import atomic_path
+    from core.io import atomic_path
     from retrieval.vectors import create_vector_file
 
     if path.is_file():

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from benchmarks.record import ENV_RECORDED, anchor, command_line, ensure_beir, load_average  # noqa: F401 (re-exported)
-from retrieval.io import write_json_atomic
+from core.io import write_json_atomic
 from retrieval.search import SearchConfig, resolve_device, search
 
 Run = dict[str, dict[str, float]]

@@ -44,30 +44,15 @@ from transformers import Adafactor
 
 from benchmarks.bench_search import ENV_RECORDED, machine
 from benchmarks.record import anchor
-from datamodules.beir import load_beir
-from datamodules.prompts import PromptTemplates
+from core.io import write_json_atomic
+from datamodules.downsample import DataConfig
 from datamodules.selfinstruct import SelfInstructDataModule
 from lightning_modules.loading import resolve_model_source
 from lightning_modules.seq2seq import Seq2SeqModule
-from retrieval.io import write_json_atomic, write_jsonl_atomic
-from retrieval.synthetic import read_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "scifact-demo"
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def write_pairs(out_dir: Path) -> Path:
-    """The demo slice's teacher texts as self-instruct pairs (``train.jsonl``); returns the file."""
-    dataset = load_beir(DEMO, "test", cache_dir=out_dir / "cache")
-    records = read_synthetic(next((DEMO / "synthetic").glob("*.jsonl")), corpus_ids=dataset.corpus)
-    templates = PromptTemplates()
-    rows = [{"doc_id": r.doc_id, "task": r.task, "sample_idx": r.sample_idx, "target": r.text,
-             "instruction": templates.render(r.task, dataset.corpus[r.doc_id].title, dataset.corpus[r.doc_id].text)}
-            for r in records]
-    path = out_dir / "train.jsonl"
-    write_jsonl_atomic(path, rows)
-    return path
 
 
 def random_encoder(encoder: str, out_dir: Path, seed: int) -> str:
@@ -124,13 +109,15 @@ class StepTimer(Callback):
         self.seconds = time.perf_counter() - self.started
 
 
-def build(encoder: str, train_file: Path, cache: Path, batch_size: int, max_input_length: int,
+def build(encoder: str, work_dir: Path, cache: Path, batch_size: int, max_input_length: int,
           model: str | None = None) -> tuple[Seq2SeqModule, SelfInstructDataModule]:
-    """The module (``model``: a seq2seq folder or name; else a warm start from ``encoder``) and its data."""
+    """The module (``model``: a seq2seq folder or name; else a warm start from ``encoder``) and its data: the
+    demo slice's teacher texts as self-instruct pairs (its training split)."""
     torch.manual_seed(0)  # the decoder's cross-attention is drawn at random: the same draw on both sides
     source = {"model_name_or_path": model} if model else {"warm_start_encoder": encoder}
     module = Seq2SeqModule(**source, max_input_length=max_input_length)
-    data = SelfInstructDataModule(str(train_file), str(train_file), batch_size=batch_size, cache_dir=str(cache))
+    data = SelfInstructDataModule(str(next((DEMO / "synthetic").glob("*.jsonl"))), DataConfig(path=DEMO, cache_dir=cache),
+                                  split_dir=str(work_dir / "split"), batch_size=batch_size, cache_dir=str(cache))
     return module, data
 
 
@@ -148,7 +135,8 @@ def run_ours(module: Seq2SeqModule, data: SelfInstructDataModule, device: torch.
 
 def run_anchor(module: Seq2SeqModule, data: SelfInstructDataModule, device: torch.device, steps: int,
                warmup: int) -> dict[str, float]:
-    data.connect(module.tokenizer, module.max_input_length)
+    data.connect(module)
+    data.prepare_data()
     data.setup("fit")
     model = module.model.to(device).train()
     optimizer = Adafactor(model.parameters(), lr=1e-4, scale_parameter=False, relative_step=False, warmup_init=False)
@@ -203,13 +191,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         tmp_dir = Path(tmp)
-        train_file = write_pairs(tmp_dir)
         encoder = random_encoder(args.encoder, tmp_dir, seed=0) if args.random_init else args.encoder
         runs: dict[str, list[dict[str, float]]] = {"ours": [], "anchor": []}
         for round_index in range(args.rounds):
             sides = (("ours", run_ours), ("anchor", run_anchor))
             for side, run in sides if round_index % 2 == 0 else sides[::-1]:  # first-run costs fall on both
-                module, data = build(encoder, train_file, tmp_dir / "cache", args.batch_size, args.max_input_length,
+                module, data = build(encoder, tmp_dir, tmp_dir / "cache", args.batch_size, args.max_input_length,
                                      args.model)
                 result = rates(run(module, data, device, args.steps, args.warmup))
                 runs[side].append(result)

@@ -110,7 +110,7 @@ def build_models(work: Path, dtype_name: str, new_tokens: int, dry_run: bool) ->
     import torch
 
     from benchmarks.bench_generation import FLAN_T5_BASE, FLAN_T5_LARGE, build_model, build_tokenizer
-    from retrieval.io import iter_jsonl
+    from core.io import iter_jsonl
 
     texts = [f"{obj.get('title') or ''} {obj['text']}".strip() for _, obj in iter_jsonl(DEMO / "corpus.jsonl")]
     tokenizer = build_tokenizer(texts, work / f"spm-{DEMO.name}")
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from retrieval.io import write_json_atomic
+    from core.io import write_json_atomic
 
     gpu = torch.cuda.is_available() and not args.dry_run
     if not gpu and not args.dry_run:

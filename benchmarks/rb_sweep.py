@@ -5,12 +5,12 @@
         -- -c configs/profiles/scifact-covered.yaml --run_dir runs/scifact-covered
 
 Everything after ``--`` is the pipeline command's own arguments (profile, run directory, overrides), so
-the sweep reads exactly what that run wrote, through :class:`pipeline.evaluation.Evaluator`: its document,
+the sweep reads exactly what that run wrote, through :class:`pipeline.evaluation.Evaluator`'s public API: its document,
 sentence, query and synthetic vectors, its kept synthetic records, its BERTScore cache. Nothing is
 retrained or regenerated; a setting costs one Rao-Blackwell pass and one search per split.
 
 Splits: the run's own split uses the run's query vectors; another split (``train``) has its queries
-embedded here with the run's encoder (``retrieval.embed.embed_texts``, cached in the run's ``cache/sweep``). The
+embedded here with the run's encoder (``pipeline.embed.embed_texts``, cached in the run's ``cache/sweep``). The
 corpus must be the run's: true for ``restrict_to``, not for ``n_queries``/``corpus_size`` downsampling
 (which follows the split's qrels; the Evaluator then refuses).
 
@@ -55,17 +55,15 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from core.io import InputError, write_json_atomic, write_text_atomic
 from datamodules.downsample import read_id_list
 from pipeline import layout
-from pipeline.evaluation import CORPUS_ONLY_ROW, Evaluator, Synthetic, Units
-from pipeline.pipeline import PipelineContext
-from pipeline.stages import record_key
-from retrieval.embed import embed_texts
-from retrieval.io import InputError, write_json_atomic, write_text_atomic
+from pipeline.commands import parse_command
+from pipeline.context import PipelineContext
+from pipeline.embed import embed_texts
+from pipeline.evaluation import CORPUS_ONLY_ROW, Evaluator, Synthetic
 from retrieval.rao_blackwell import RaoBlackwellConfig
-from retrieval.search import search
 from retrieval.synthetic import read_synthetic
-from retrieval.vectors import read_vector_ids
 
 log = logging.getLogger(__name__)
 
@@ -190,77 +188,44 @@ def expand_grid(grid: dict[str, Any], default_stage: str) -> list[Setting]:
     return list(settings.values())
 
 
-class SweepEvaluator(Evaluator):
-    """An :class:`Evaluator` that also resolves sweep sources (``Source.key``) as synthetic stages,
-    and optionally scores on a sub-corpus."""
+class SweepSources:
+    """Resolves sweep sources (``Source``) to synthetic sets of an :class:`Evaluator`, through its public API:
+    a stage's kept outputs as they are; subsets, unfiltered outputs and stricter round trips combined from
+    masked parts (each part's per-output scores reused, none computed twice)."""
 
-    def __init__(self, ctx: PipelineContext, work_dir: Path, keep_docs: set[str] | None = None) -> None:
-        super().__init__(ctx)
+    def __init__(self, evaluator: Evaluator, work_dir: Path) -> None:
+        self.evaluator = evaluator
         self.work_dir = work_dir
-        self.sources: dict[str, Source] = {}
-        self._sample_idx: dict[str, torch.Tensor] = {}
         self._own_rank: dict[str, torch.Tensor] = {}
-        self.keep_mask: torch.Tensor | None = None
-        if keep_docs is not None:
-            self.keep_mask = torch.tensor([doc_id in keep_docs for doc_id in self.doc_ids])
-            qrels = {qid: docs for qid, docs in self.dataset.qrels.items() if all(d in keep_docs for d in docs)}
-            self.dataset = dataclasses.replace(self.dataset, qrels=qrels)
 
-    # --- sources -------------------------------------------------------------------------------------
-    def register(self, source: Source) -> str:
-        """The stage name under which ``synthetic``/``rao_blackwell`` find the source's outputs."""
+    def name(self, source: Source) -> str:
+        """The evaluator's set name for ``source`` (built on first use)."""
         if source == Source(stages=source.stages[:1]) and len(source.stages) == 1:
             return source.stages[0]  # a stage's kept outputs, as the pipeline uses them
-        self.sources[source.key] = source
+        if not self.evaluator.has_synthetic(source.key):
+            self.evaluator.combine(source.key, self._parts(source))
         return source.key
 
-    def synthetic(self, stage: str) -> Synthetic:
-        if stage in self.sources and stage not in self._synthetic:
-            self._synthetic[stage] = self._assemble(self.sources[stage])
-        return super().synthetic(stage)
-
-    def bertscore_weights(self, stage: str) -> torch.Tensor:
-        if stage not in self.sources:
-            return super().bertscore_weights(stage)
-        synthetic = self.synthetic(stage)
-        if synthetic.weights is None:
-            synthetic.weights = torch.cat([self.bertscore_weights(part)[mask]
-                                           for part, mask in self._parts(self.sources[stage])])
-        return synthetic.weights
-
     def _parts(self, source: Source) -> list[tuple[str, torch.Tensor]]:
-        """(part name, mask) pairs whose concatenation is the source: each stage's kept outputs, and the
+        """(set name, mask) pairs whose concatenation is the source: each stage's kept outputs, and the
         dropped ones when unfiltered, masked by sample index and round trip."""
         parts = []
         for stage in source.stages:
             for part in [stage] + ([] if source.filtered else [self._dropped_part(stage)]):
-                synthetic = self.synthetic(part)
+                synthetic = self.evaluator.synthetic(part)
                 mask = torch.ones(len(synthetic.vectors), dtype=torch.bool)
                 if source.samples is not None:
-                    mask &= torch.isin(self._samples(part), torch.tensor(source.samples))
+                    mask &= torch.isin(synthetic.sample_idx, torch.tensor(source.samples))
                 if source.roundtrip_k is not None:
                     mask &= self._rank_of_own_doc(part) <= source.roundtrip_k
                 parts.append((part, mask))
         return parts
 
-    def _assemble(self, source: Source) -> Synthetic:
-        pieces = [(self.synthetic(part), mask) for part, mask in self._parts(source)]
-        return Synthetic(vectors=torch.cat([s.vectors[m] for s, m in pieces]),
-                         doc=torch.cat([s.doc[m] for s, m in pieces]),
-                         task=[t for s, m in pieces for t, keep in zip(s.task, m.tolist()) if keep],
-                         texts=[t for s, m in pieces for t, keep in zip(s.texts, m.tolist()) if keep])
-
-    def _samples(self, part: str) -> torch.Tensor:
-        if part not in self._sample_idx:  # a pipeline stage: sample indices from its vector keys
-            keys = read_vector_ids(self.ctx.run_dir / layout.synthetic_vectors(part))
-            self._sample_idx[part] = torch.tensor([int(key.rsplit("|", 1)[1]) for key in keys])
-        return self._sample_idx[part]
-
     def _rank_of_own_doc(self, part: str) -> torch.Tensor:
         """1-based rank of each output's own document among all document vectors (its round trip)."""
         if part not in self._own_rank:
-            synthetic = self.synthetic(part)
-            scores = synthetic.vectors @ self.documents.T
+            synthetic = self.evaluator.synthetic(part)
+            scores = synthetic.vectors @ self.evaluator.documents.T
             own = scores.gather(1, synthetic.doc[:, None])
             self._own_rank[part] = (scores > own).sum(1) + 1
         return self._own_rank[part]
@@ -268,58 +233,43 @@ class SweepEvaluator(Evaluator):
     def _dropped_part(self, stage: str) -> str:
         """The outputs of ``stage`` the filter dropped, embedded here with the run's encoder."""
         part = f"{stage}-dropped"
-        if part in self._synthetic:
+        evaluator, ctx = self.evaluator, self.evaluator.ctx
+        if evaluator.has_synthetic(part):
             return part
-        kept = set(read_vector_ids(self.ctx.run_dir / layout.synthetic_vectors(stage)))
-        raw = read_synthetic(self.ctx.run_dir / RAW_RECORDS[stage], self.dataset.corpus)
-        dropped = [r for r in raw if record_key(r) not in kept]
-        ids, vectors = embed_texts([(record_key(r), r.text) for r in dropped], self.ctx.embedding_encoder,
-                                   self.work_dir / f"{part}.safetensors", batch_size=self.ctx.embed.batch_size,
-                                   trainer_kwargs=self.ctx.trainer_kwargs())
-        self._synthetic[part] = Synthetic(vectors=vectors.reshape(len(ids), self.documents.shape[1]),
-                                          doc=torch.tensor([self.doc_index[r.doc_id] for r in dropped],
-                                                           dtype=torch.long),
-                                          task=[r.task for r in dropped], texts=[r.text for r in dropped])
-        self._sample_idx[part] = torch.tensor([r.sample_idx for r in dropped], dtype=torch.long)
+        kept = {r.key for r in ctx.synthetic_records(stage)}
+        raw = read_synthetic(ctx.run_dir / RAW_RECORDS[stage], evaluator.dataset.corpus)
+        dropped = [r for r in raw if r.key not in kept]
+        ids, vectors = embed_texts([(r.key.encode(), r.text) for r in dropped], ctx.embedding_encoder,
+                                   self.work_dir / f"{part}.safetensors", batch_size=ctx.embed.batch_size,
+                                   trainer_kwargs=ctx.trainer_kwargs())
+        evaluator.add_synthetic(part, Synthetic(
+            vectors=vectors.reshape(len(ids), evaluator.documents.shape[1]),
+            doc=torch.tensor([evaluator.doc_index[r.doc_id] for r in dropped], dtype=torch.long),
+            task=[r.task for r in dropped], texts=[r.text for r in dropped],
+            sample_idx=torch.tensor([r.sample_idx for r in dropped], dtype=torch.long)))
         return part
-
-    # --- scoring on a sub-corpus ------------------------------------------------------------------------
-    def score_units(self, units: Units) -> dict[str, float]:
-        if self.keep_mask is None:
-            return super().score_units(units)
-        owner = units.unit_to_doc if units.unit_to_doc is not None else torch.arange(len(self.doc_ids))
-        kept_units = self.keep_mask[owner]
-        new_index = torch.cumsum(self.keep_mask.long(), 0) - 1
-        doc_ids = [doc_id for doc_id, keep in zip(self.doc_ids, self.keep_mask.tolist()) if keep]
-        unit_to_doc = None if units.unit_to_doc is None else new_index[owner[kept_units]]
-        run = search(self.query_ids, self.queries, doc_ids, units.vectors[kept_units], self.ctx.evaluate.search,
-                     unit_to_doc=unit_to_doc)
-        return self.score_run(run)
 
 
 def load_context(pipeline_args: Sequence[str]) -> PipelineContext:
     """The run's PipelineContext, parsed exactly as ``train.py pipeline`` parses these arguments."""
-    import train
-
-    parser = train.command_parser("pipeline")
-    kwargs = parser.instantiate(parser.parse_args(list(pipeline_args))).as_dict()
-    for key in ("config", "__path__", "stages", "force"):
+    kwargs = parse_command("pipeline", pipeline_args)
+    for key in ("stages", "force"):
         kwargs.pop(key, None)
     kwargs["run_dir"] = Path(kwargs["run_dir"])
     kwargs["trainer"] = dict(kwargs.get("trainer") or {})
     return PipelineContext(**kwargs)
 
 
-def split_evaluator(ctx: PipelineContext, split: str, work_dir: Path, keep_docs: set[str] | None) -> SweepEvaluator:
+def split_evaluator(ctx: PipelineContext, split: str, work_dir: Path, keep_docs: set[str] | None) -> Evaluator:
     """An evaluator of ``split``'s queries against the run's vectors (queries embedded here if not the run's)."""
     if split == ctx.data.split:
-        return SweepEvaluator(ctx, work_dir, keep_docs)
+        return Evaluator(ctx, keep_docs)
     other = dataclasses.replace(ctx, data=dataclasses.replace(ctx.data, split=split))
-    evaluator = SweepEvaluator(other, work_dir, keep_docs)
+    evaluator = Evaluator(other, keep_docs)
     items = list(other.dataset.queries.items())
     ids, vectors = embed_texts(items, ctx.embedding_encoder, work_dir / f"queries-{split}.safetensors",
                                batch_size=ctx.embed.batch_size, trainer_kwargs=ctx.trainer_kwargs())
-    evaluator.query_ids, evaluator.queries = ids, vectors
+    evaluator.set_queries(ids, vectors)
     return evaluator
 
 
@@ -333,6 +283,7 @@ def run_sweep(ctx: PipelineContext, grid: dict[str, Any], splits: Sequence[str],
     work_dir = ctx.run_dir / "cache" / "sweep"  # train queries and dropped outputs, embedded once
     evaluators = {split: split_evaluator(ctx, split, work_dir, keep_docs) for split in splits}
     chooser = evaluators[splits[0]]
+    sources = SweepSources(chooser, work_dir)
     stages = [stage for stage in ("stage1", "stage2") if (ctx.run_dir / layout.synthetic_vectors(stage)).is_file()]
     if not stages:
         raise InputError("the run has no synthetic vectors: run the pipeline's embed stage first",
@@ -346,7 +297,7 @@ def run_sweep(ctx: PipelineContext, grid: dict[str, Any], splits: Sequence[str],
     rows = []
     for setting in tqdm(settings, desc="settings", unit="setting"):
         start = time.perf_counter()
-        units = chooser.rao_blackwell(setting.level, chooser.register(setting.source), setting.rao_blackwell,
+        units = chooser.rao_blackwell(setting.level, sources.name(setting.source), setting.rao_blackwell,
                                       sentence_weight=setting.multi_sentence_weight)
         scores = {split: _metrics(ev.score_units(units)) for split, ev in evaluators.items()}
         rows.append({**setting.describe(), "varied": list(setting.varied), "table": {

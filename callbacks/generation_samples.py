@@ -15,6 +15,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from callbacks.tables import log_table
+from lightning_modules.generator import LABEL_PAD_ID
 
 COLUMNS = ["when", "step", "doc_id", "task", "instruction", "target", "generated"]
 
@@ -63,15 +64,16 @@ class GenerationSamples(Callback):
             return
         examples, tokenizer = self.examples, pl_module.tokenizer
         device = pl_module.device
-        texts = pl_module.generate_texts(examples["input_ids"].to(device), examples["attention_mask"].to(device),
+        prompts = pl_module.prompt_part(examples)
+        texts = pl_module.generate_texts({key: value.to(device) for key, value in prompts.items()},
                                          examples["doc_id"], examples["task"])
         when = "before training" if trainer.sanity_checking else f"epoch {trainer.current_epoch}"
         for i, samples in enumerate(texts):
-            ids = examples["input_ids"][i][examples["attention_mask"][i].bool()]
+            ids = prompts["input_ids"][i][prompts["attention_mask"][i].bool()]
             labels = examples["labels"][i]
             self.rows.append([when, trainer.global_step, examples["doc_id"][i], examples["task"][i],
                               _shorten(tokenizer.decode(ids, skip_special_tokens=True), self.max_chars),
-                              tokenizer.decode(labels[labels != -100], skip_special_tokens=True), samples[0]])
+                              tokenizer.decode(labels[labels != LABEL_PAD_ID], skip_special_tokens=True), samples[0]])
         log_table(self.key, COLUMNS, self.rows, run_dir=trainer.default_root_dir, loggers=trainer.loggers)
 
     def state_dict(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from retrieval.io import atomic_path
+from core.io import atomic_path
 
 # key -> (index of the part file, row inside it); the first part that holds a key wins.
 Locations = dict[str, tuple[int, int]]

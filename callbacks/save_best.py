@@ -23,7 +23,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from retrieval.io import write_json_atomic
+from core.io import write_json_atomic
 
 MODEL_DIR = "model"
 SUMMARY_FILE = "fit_summary.json"

@@ -3,7 +3,7 @@
 The base class (:class:`callbacks.part_writer.RankPartWriter`) owns part naming, atomic writes,
 resume and the barrier-then-rank-0 merge; this subclass says how records look on disk. A part
 holds one batch's records (``num_samples`` per prompt, all written at once, so a prompt is either
-wholly in a part or not at all). Keys are ``record_key(doc_id, task, sample_idx)``; the merged file
+wholly in a part or not at all). Keys are encoded :class:`core.record_key.RecordKey`\ s; the merged file
 has one line per key of the canonical order (corpus order, task order, sample index), the first
 part holding a key winning, so prompts generated twice (resume, or padding an idle DDP rank) appear once.
 
@@ -14,7 +14,6 @@ there. Memory holds the spans (a few integers per record), never the texts.
 
 from __future__ import annotations
 
-import json
 import time
 from array import array
 from collections.abc import Sequence
@@ -26,11 +25,6 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from callbacks.part_writer import Locations, RankPartWriter
 from retrieval.synthetic import SyntheticRecord, read_synthetic, write_synthetic
-
-
-def record_key(doc_id: str, task: str, sample_idx: int) -> str:
-    """One output line's identity as a string (JSON, so no doc_id can collide with another)."""
-    return json.dumps([doc_id, task, sample_idx], ensure_ascii=False)
 
 
 def line_spans(path: Path) -> tuple[array, array]:
@@ -49,7 +43,7 @@ def line_spans(path: Path) -> tuple[array, array]:
 
 
 class SyntheticTextWriter(RankPartWriter):
-    """Writes ``Seq2SeqModule.predict_step`` records, adding ``stage``, in the synthetic JSONL format."""
+    """Writes ``GeneratorModule.predict_step`` records, adding ``stage``, in the synthetic JSONL format."""
 
     part_suffix = ".jsonl"
 
@@ -66,7 +60,7 @@ class SyntheticTextWriter(RankPartWriter):
                                                r["model"]) for r in prediction))
 
     def read_part_keys(self, path: Path) -> list[str]:
-        return [record_key(r.doc_id, r.task, r.sample_idx) for r in read_synthetic(path)]
+        return [r.key.encode() for r in read_synthetic(path)]
 
     def write_merged(self, path: Path, order: Sequence[str], parts: list[Path], locations: Locations) -> None:
         spans = [line_spans(part) for part in parts]

@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
-from retrieval.io import write_text_atomic
+from core.io import write_text_atomic
 
 TABLES_DIR = "tables"
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from retrieval.io import InputError, atomic_open, iter_jsonl, require_field, write_jsonl_atomic
+from core.io import InputError, atomic_open, iter_jsonl, require_field, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 

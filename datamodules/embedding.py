@@ -25,9 +25,9 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from core.io import InputError
 from lightning_modules.encoder import resolve_encoder_source, resolve_max_length
 from lightning_modules.loading import load_tokenizer
-from retrieval.io import InputError
 from retrieval.vectors import check_ids
 
 

@@ -17,9 +17,9 @@ Resume: ``skip`` holds the ``(doc_id, task)`` prompts an earlier run finished; t
 When fewer than ``world_size`` prompts remain, ``plan_order`` adds finished ones back so that no
 rank is idle (an idle rank would skip the writer's merge barrier); the merge deduplicates them.
 
-Where the tokenizer comes from (one way, as :class:`datamodules.selfinstruct.SelfInstructDataModule`):
-the LightningModule owns it. Under a Trainer the DataModule calls :meth:`GenerationDataModule.connect`
-with ``trainer.lightning_module.tokenizer`` and its ``max_input_length``; without one, call it yourself.
+Where tokenising and padding come from (one way, as :class:`datamodules.selfinstruct.SelfInstructDataModule`):
+the generator owns them (:meth:`GeneratorModule.prompt_encoder`). Under a Trainer the DataModule calls
+:meth:`GenerationDataModule.connect` with ``trainer.lightning_module``; without one, call it yourself.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from core.io import InputError
+from core.tasks import TASKS
 from datamodules.beir import BeirDataset
 from datamodules.embedding import SortedTexts, plan_order
-from datamodules.prompts import TASKS, PromptTemplates
-from lightning_modules.seq2seq import encode_inputs
-from retrieval.io import InputError
+from datamodules.prompts import PromptTemplates
+from lightning_modules.generator import GeneratorModule, PromptEncoder
 from retrieval.vectors import check_ids
 
 DocumentTriple = tuple[str, str, str]
@@ -98,19 +99,18 @@ class Prompts(Sequence):
 
 
 class PromptCollator:
-    """Tokenise ``((doc_id, task), prompt)`` rows into a Seq2SeqModule predict batch; picklable for workers."""
+    """Tokenise ``((doc_id, task), prompt)`` rows into a generator's predict batch; picklable for workers."""
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+    def __init__(self, encode: PromptEncoder) -> None:
+        self.encode = encode
 
     def __call__(self, rows: list[tuple[PromptKey, str]]) -> dict[str, Any]:
-        batch = encode_inputs(self.tokenizer, [prompt for _, prompt in rows], self.max_length)
+        batch = self.encode([prompt for _, prompt in rows])
         return {**batch, "doc_id": [key[0] for key, _ in rows], "task": [key[1] for key, _ in rows]}
 
 
 class GenerationDataModule(LightningDataModule):
-    """Predict batches ``{"input_ids", "attention_mask", "doc_id", "task"}`` for :class:`Seq2SeqModule`."""
+    """Predict batches (the generator's prompt encoding, plus ``doc_id`` and ``task``) for a :class:`GeneratorModule`."""
 
     def __init__(self, documents: Documents, templates: PromptTemplates = PromptTemplates(),
                  tasks: Sequence[str] = TASKS, batch_size: int = 32, max_input_length: int | None = None,
@@ -140,25 +140,24 @@ class GenerationDataModule(LightningDataModule):
         self.collator: PromptCollator | None = None
         self.dataset: SortedTexts | None = None
 
-    def connect(self, tokenizer: Any, model_max_input_length: int) -> None:
-        """Use ``tokenizer``; prompts are cut to ``max_input_length`` or, when unset, the model's limit."""
-        if self.max_input_length is not None and self.max_input_length > model_max_input_length:
+    def connect(self, generator: GeneratorModule) -> None:
+        """Encode as ``generator`` does; prompts are cut to ``max_input_length`` or, when unset, the model's limit."""
+        if not isinstance(generator, GeneratorModule):
+            raise TypeError(f"GenerationDataModule encodes prompts with a GeneratorModule, got "
+                            f"{type(generator).__name__}")
+        if self.max_input_length is not None and self.max_input_length > generator.max_input_length:
             raise ValueError(f"max_input_length={self.max_input_length} exceeds the model's max_input_length="
-                             f"{model_max_input_length}; lower the first or raise the second")
-        self.collator = PromptCollator(tokenizer, self.max_input_length or model_max_input_length)
+                             f"{generator.max_input_length}; lower the first or raise the second")
+        self.collator = PromptCollator(generator.prompt_encoder(self.max_input_length or generator.max_input_length))
 
     def setup(self, stage: str) -> None:
         if stage != "predict":
             raise ValueError(f"GenerationDataModule serves predict, not '{stage}'")
         if self.trainer is not None:
-            module = self.trainer.lightning_module
-            if not (hasattr(module, "tokenizer") and hasattr(module, "max_input_length")):
-                raise TypeError(f"GenerationDataModule takes its tokenizer from the LightningModule, but "
-                                f"{type(module).__name__} has no 'tokenizer'/'max_input_length'; use Seq2SeqModule")
-            self.connect(module.tokenizer, module.max_input_length)
+            self.connect(self.trainer.lightning_module)
         elif self.collator is None:
-            raise RuntimeError("GenerationDataModule has no tokenizer: run it under a Trainer with a Seq2SeqModule, "
-                               "or call connect(tokenizer, max_input_length) first")
+            raise RuntimeError("GenerationDataModule has no generator: run it under a Trainer with a "
+                               "GeneratorModule, or call connect(module) first")
         world_size = self.trainer.world_size if self.trainer is not None else 1
         order = plan_order(self.prompts, self.skip, world_size)
         done = sum(1 for key in self.prompts.keys() if key in self.skip)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
-TASKS = ("question", "keywords")
+from core.tasks import TASKS
+
 PLACEHOLDERS = frozenset({"title", "text"})
 
 DEFAULT_QUESTION = ("Write a question that is answered by the following passage.\n\n"

@@ -112,9 +112,9 @@ class SeededSampler(LogitsProcessor):
 
     Exact sampling from ``softmax(scores)`` (the scores the warpers before it produced): the token is the
     first whose cumulative probability, in token-id order, exceeds the row's uniform for this step. One
-    uniform per row per step; Gumbel-max would need one per vocabulary entry (measured 0.3 to 1 s a step
-    at batch 64 x 32k tokens on two CPU cores). Probabilities are accumulated in float64, row by row, so a
-    row's draw does not depend on the other rows of the batch.
+    uniform per row per step; Gumbel-max would need one per vocabulary entry, which costs a large share of a
+    decoding step on a CPU (``benchmarks/results/notes/docstring-measurements.md``). Probabilities are
+    accumulated in float64, row by row, so a row's draw does not depend on the other rows of the batch.
     """
 
     def __init__(self, row_seeds: torch.Tensor) -> None:

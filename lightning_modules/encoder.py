@@ -17,17 +17,19 @@ loading differs:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from lightning.pytorch import LightningModule
+from transformers import AutoConfig, AutoModel, AutoModelForTextEncoding
+from transformers.models.auto.modeling_auto import MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES
 
+from core.fingerprint import file_signature, stable_hash
 from lightning_modules.loading import (check_all_weights_loaded, load_pretrained, load_tokenizer, quiet_transformers,
                                        resolve_model_source)
 
@@ -52,9 +54,6 @@ def _model_file(source: str, filename: str) -> Path | None:
     local = Path(source)
     if local.exists():
         return local / filename if (local / filename).is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
     try:
         return Path(hf_hub_download(source, filename))
     except (EntryNotFoundError, LocalEntryNotFoundError):
@@ -134,9 +133,6 @@ def resolve_max_length(source: EncoderSource, tokenizer: Any) -> int:
 def load_text_encoder(model_path: str, trust_remote_code: bool = False,
                       allow_pickle_weights: bool = False) -> torch.nn.Module:
     """The encoder of any checkpoint, in float32, with every encoder weight loaded from the checkpoint."""
-    from transformers import AutoConfig, AutoModel, AutoModelForTextEncoding
-    from transformers.models.auto.modeling_auto import MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES
-
     config = AutoConfig.from_pretrained(resolve_model_source(model_path), trust_remote_code=trust_remote_code)
     common = dict(trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights,
                   dtype=torch.float32, output_loading_info=True)
@@ -162,11 +158,10 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-def weights_signature(model_path: str) -> list[tuple[str, int, int]]:
-    """(file, size, mtime) of a local folder's weight files: changes when a stage rewrites the model."""
+def weights_signature(model_path: str) -> list[tuple[str, object]]:
+    """Each weight file of a local folder with its size and SHA-256: changes when a stage rewrites the model."""
     folder = Path(model_path)
-    return [(name, (folder / name).stat().st_size, (folder / name).stat().st_mtime_ns)
-            for name in _WEIGHT_NAMES if (folder / name).is_file()]
+    return [(name, file_signature(folder / name)) for name in _WEIGHT_NAMES if (folder / name).is_file()]
 
 
 class EncoderModule(LightningModule):
@@ -189,8 +184,8 @@ class EncoderModule(LightningModule):
         self.encoder = load_text_encoder(self.source.model_path, trust_remote_code, allow_pickle_weights)
         self.pooling: Pooling = pooling or self.source.pooling or "mean"
         self.normalize = normalize
-        tokenizer = load_tokenizer(self.source.model_path, trust_remote_code=trust_remote_code)
-        self.max_length = int(max_length) if max_length else resolve_max_length(self.source, tokenizer)
+        self.tokenizer = load_tokenizer(self.source.model_path, trust_remote_code=trust_remote_code)
+        self.max_length = int(max_length) if max_length else resolve_max_length(self.source, self.tokenizer)
         positions = getattr(self.encoder.config, "max_position_embeddings", None)
         if positions and self.max_length > positions:
             raise ValueError(f"max_length {self.max_length} exceeds the model's {positions} position embeddings")
@@ -210,7 +205,7 @@ class EncoderModule(LightningModule):
         identity = {"model": self.source.model_path, "weights": weights_signature(self.source.model_path),
                     "pooling": self.pooling, "max_length": self.max_length, "normalize": self.normalize,
                     "lowercase": self.source.do_lower_case}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        return stable_hash(identity)
 
     @torch.inference_mode()
     def token_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import socket
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
+
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from core.fingerprint import stable_hash
+from core.io import InputError, ModelNotAvailableError
 
 T = TypeVar("T")
 
@@ -48,18 +56,12 @@ def offline_copy(name: str) -> str | None:
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load report for weights skipped or initialised on purpose (warm starts,
     encoder-only loads); callers check what matters themselves."""
-    from transformers.utils import logging as hf_logging
-
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
-
-
-class ModelNotAvailableError(OSError):
-    """A model name that is neither a local folder nor fetchable from the hub right now."""
 
 
 def _hub_endpoint() -> str:
@@ -80,10 +82,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _is_cached(name: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
-        return False
     return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
@@ -143,8 +141,6 @@ def check_all_weights_loaded(info: dict[str, Any], source: str, ignore_prefixes:
     """
     missing = [key for key in info.get("missing_keys", ()) if not key.startswith(ignore_prefixes)]
     if missing:
-        from retrieval.io import InputError
-
         raise InputError(f"its weights belong to another model: {len(missing)} weights this architecture needs are "
                          f"missing (first: {', '.join(sorted(missing)[:3])})", path=source,
                          hint="point at the folder save_pretrained wrote for this model; its config.json must "
@@ -172,7 +168,22 @@ def load_pretrained(cls: type[T], name_or_path: str | os.PathLike, *, trust_remo
 
 def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False, **kwargs: Any) -> Any:
     """``AutoTokenizer.from_pretrained`` with the same availability check as the model."""
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(resolve_model_source(name_or_path), trust_remote_code=trust_remote_code,
                                          **kwargs)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A stable hash of what decides the token ids: vocabulary, normaliser, pre-tokeniser, special tokens.
+
+    ``datasets`` would hash the tokenizer object by pickling it, but a fast tokenizer's pickled state
+    changes once it has been called with truncation or padding, which would miss the cache every run.
+    """
+    if hasattr(tokenizer, "backend_tokenizer"):
+        state = json.loads(tokenizer.backend_tokenizer.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    else:  # a pure-Python tokenizer: its vocabulary and settings
+        state = {"vocab": sorted(tokenizer.get_vocab().items()), "init": repr(sorted(tokenizer.init_kwargs))}
+    payload = {"class": type(tokenizer).__name__, "state": state,
+               "special": {key: str(value) for key, value in sorted(tokenizer.special_tokens_map.items())}}
+    return stable_hash(payload)

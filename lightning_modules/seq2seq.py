@@ -1,18 +1,13 @@
-"""The one seq2seq LightningModule: it writes synthetic questions/keywords and is instruction-tuned.
+"""The paper's generator: an encoder-decoder (FLAN-T5, or a warm-started BERT2BERT) as a :class:`GeneratorModule`.
 
 Why one module: the paper generates with a model (stage 1), tunes that same model on its own
-filtered outputs, and generates again (stage 2). Generation (``predict_step``) and teacher-forced
-training (``training_step``) therefore share loading, tokenizer, input length and saving, and a
-model saved by :meth:`Seq2SeqModule.save_pretrained` after tuning is loaded back unchanged for stage 2.
+filtered outputs, and generates again (stage 2). Generation and teacher-forced training therefore
+share loading, tokenizer, input length and saving, and a model saved by
+:meth:`Seq2SeqModule.save_pretrained` after tuning is loaded back unchanged for stage 2.
 
-Batch contracts (the DataModules build these; ids travel inside the batch, see ARCHITECTURE.md):
-
-* predict: ``{"input_ids", "attention_mask", "doc_id": list[str], "task": list[str]}``, one row per
-  prompt; returns ``num_samples`` records per row: ``{"doc_id", "task", "sample_idx", "text", "model"}``.
-* fit/validate: ``{"input_ids", "attention_mask", "labels"}``, labels padded with -100 and built by
-  :func:`encode_targets` (target tokens then EOS, no BOS/CLS: the model prepends its start token).
-
-Inputs come from :func:`encode_inputs` (truncated to ``max_input_length``); a longer batch is refused.
+Encoding: prompts and instructions go to the encoder as they are (:func:`encode_inputs`, right-padded,
+truncated to ``max_input_length``; a longer batch is refused); labels are the target's tokens then EOS
+(:func:`encode_targets`, no BOS/CLS: the model prepends its own decoder start token), padded with -100.
 """
 
 from __future__ import annotations
@@ -21,27 +16,30 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from transformers import (Adafactor, AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                           EncoderDecoderModel, PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.modeling_outputs import BaseModelOutput
 
+from core.paper import PAPER_TUNING
 from lightning_modules.decoding import DecodingConfig, document_seed, generation_config, sampling_processors
 from lightning_modules.encoder import resolve_encoder_source
+from lightning_modules.generator import LABEL_PAD_ID, GeneratorModule, ModelSource
 from lightning_modules.loading import (SAFE_WEIGHT_FILES, load_pretrained, load_tokenizer, quiet_transformers,
                                        resolve_model_source)
 from lightning_modules.shared_encoder import project_once_per_prompt
 
 # Model families whose activations overflow fp16 (T5's feed-forward outputs exceed 65504): bf16 or fp32 only.
 FP16_UNSAFE_MODEL_TYPES = frozenset({"t5", "mt5", "umt5", "longt5", "switch_transformers"})
-PREDICT_KEYS = ("input_ids", "attention_mask", "doc_id", "task")
 TRAIN_KEYS = ("input_ids", "attention_mask", "labels")
+TUNED_AWAY = ("model_name_or_path", "warm_start_encoder", "decoder_layers", "tokenizer_name_or_path")
+"""How the untuned model was built: a tuned folder holds the model and its tokenizer, so these no longer apply."""
 
 
 def encode_inputs(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -66,6 +64,52 @@ def encode_targets(tokenizer: PreTrainedTokenizerBase, targets: list[str], max_l
     eos = target_eos_id(tokenizer)
     encoded = tokenizer(targets, add_special_tokens=False, max_length=max_length - 1, truncation=True)
     return [ids + [eos] for ids in encoded["input_ids"]]
+
+
+class PromptEncoder:
+    """:func:`encode_inputs` with the tokenizer and length bound (picklable for DataLoader workers)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return encode_inputs(self.tokenizer, prompts, self.max_length)
+
+
+class ExampleEncoder:
+    """The ``datasets.map`` function: instruction -> input ids, target -> label ids (target tokens then EOS)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_input_length: int, max_target_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_input_length = max_input_length
+        self.max_target_length = max_target_length
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
+        inputs = self.tokenizer(batch["instruction"], max_length=self.max_input_length, truncation=True,
+                                return_attention_mask=False, return_token_type_ids=False)
+        labels = encode_targets(self.tokenizer, batch["target"], self.max_target_length)
+        return {"input_ids": inputs["input_ids"], "labels": labels}
+
+
+class Seq2SeqCollator:
+    """Pad a list of tokenised rows into one batch: inputs with the tokenizer's PAD, labels with -100."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        input_width = max(len(row["input_ids"]) for row in rows)
+        label_width = max(len(row["labels"]) for row in rows)
+        input_ids = torch.full((len(rows), input_width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), input_width), dtype=torch.long)
+        labels = torch.full((len(rows), label_width), LABEL_PAD_ID, dtype=torch.long)
+        for i, row in enumerate(rows):
+            n, m = len(row["input_ids"]), len(row["labels"])
+            input_ids[i, :n] = torch.as_tensor(row["input_ids"])
+            attention_mask[i, :n] = 1
+            labels[i, :m] = torch.as_tensor(row["labels"])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                "doc_id": [row["doc_id"] for row in rows], "task": [row["task"] for row in rows]}
 
 
 def _model_types(config: Any) -> set[str]:
@@ -130,13 +174,17 @@ def _replace_directory(source: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-class Seq2SeqModule(LightningModule):
+class Seq2SeqModule(GeneratorModule):
     """Any ``AutoModelForSeq2SeqLM`` (hub name or local path) or an encoder-decoder warm-started from an encoder."""
+
+    identity_args: ClassVar[tuple[str, ...]] = ("model_name_or_path", "warm_start_encoder", "tokenizer_name_or_path",
+                                                "decoder_layers")
+    example_format: ClassVar[str] = "seq2seq-1"
 
     def __init__(self, model_name_or_path: str | None = None, tokenizer_name_or_path: str | None = None,
                  warm_start_encoder: str | None = None, decoding: DecodingConfig = DecodingConfig(),
-                 max_input_length: int = 512, learning_rate: float = 1e-4,
-                 optimizer: Literal["adafactor", "adamw"] = "adafactor", weight_decay: float = 0.0,
+                 max_input_length: int = 512, learning_rate: float = PAPER_TUNING.learning_rate,
+                 optimizer: Literal["adafactor", "adamw"] = PAPER_TUNING.optimizer, weight_decay: float = 0.0,
                  freeze_encoder: bool = False, trust_remote_code: bool = False,
                  allow_pickle_weights: bool = False, model_label: str | None = None,
                  decoder_layers: int | None = None) -> None:
@@ -148,7 +196,7 @@ class Seq2SeqModule(LightningModule):
                 profile: all-MiniLM-L6-v2); then model_name_or_path must be unset.
             decoding: sampling / beam / greedy settings for predict_step (a dict, as checkpoints store it, works too).
             max_input_length: longest input in tokens (prompts are truncated to it).
-            learning_rate: optimizer learning rate (the paper: 1e-4).
+            learning_rate: optimizer learning rate (the paper's: ``core.paper.PAPER_TUNING``).
             optimizer: ``adafactor`` (transformers' Adafactor with a fixed rate) or ``adamw``.
             weight_decay: decoupled weight decay for either optimizer.
             freeze_encoder: keep the encoder (and, in T5, the embeddings it shares) fixed while the decoder learns.
@@ -198,6 +246,40 @@ class Seq2SeqModule(LightningModule):
         if freeze_encoder:
             self.model.get_encoder().requires_grad_(False)
 
+    # ---- what a configuration names ------------------------------------------------------------------------
+    @classmethod
+    def model_sources(cls, init_args: Mapping[str, Any]) -> list[ModelSource]:
+        return [ModelSource(key, str(init_args[key]), weights=key != "tokenizer_name_or_path")
+                for key in ("model_name_or_path", "warm_start_encoder", "tokenizer_name_or_path") if init_args.get(key)]
+
+    @classmethod
+    def encoder_source(cls, init_args: Mapping[str, Any]) -> ModelSource | None:
+        """The warm-start checkpoint, or the seq2seq checkpoint itself (its encoder half embeds)."""
+        key = "warm_start_encoder" if init_args.get("warm_start_encoder") else "model_name_or_path"
+        if not init_args.get(key):
+            raise ValueError("model: set model_name_or_path or warm_start_encoder")
+        return ModelSource(key, str(init_args[key]))
+
+    @classmethod
+    def from_tuned(cls, path: str | os.PathLike, init_args: Mapping[str, Any]) -> Seq2SeqModule:
+        kept = {key: value for key, value in init_args.items() if key not in TUNED_AWAY}
+        return cls(**{**kept, "model_name_or_path": str(path)})
+
+    # ---- inputs -------------------------------------------------------------------------------------------
+    def prompt_encoder(self, max_length: int) -> PromptEncoder:
+        return PromptEncoder(self.tokenizer, max_length)
+
+    def example_encoder(self, max_input_length: int, max_target_length: int) -> ExampleEncoder:
+        return ExampleEncoder(self.tokenizer, max_input_length, max_target_length)
+
+    def example_collator(self) -> Seq2SeqCollator:
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(f"tokenizer {type(self.tokenizer).__name__} has no PAD token; batches cannot be padded")
+        return Seq2SeqCollator(self.tokenizer.pad_token_id)
+
+    def prompt_part(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
     # ---- checks -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Refuse fp16 for T5-family models before any step runs (they overflow to inf/NaN)."""
@@ -227,18 +309,6 @@ class Seq2SeqModule(LightningModule):
                             decoder_input_ids=decoder_input_ids).logits
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=batch["input_ids"].shape[0])
-        return loss
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
-                 batch_size=batch["input_ids"].shape[0])
-        return loss
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """transformers' ``Adafactor`` (not ``torch.optim.Adafactor``, a different algorithm) with a fixed rate.
 
@@ -253,14 +323,15 @@ class Seq2SeqModule(LightningModule):
                          weight_decay=hp.weight_decay)
 
     # ---- generation ---------------------------------------------------------------------------------------
-    def generate_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, doc_ids: list[str],
-                       tasks: list[str]) -> list[list[str]]:
+    def generate_texts(self, batch: Mapping[str, Any], doc_ids: list[str], tasks: list[str]) -> list[list[str]]:
         """``num_samples`` decoded texts per prompt row, special tokens stripped.
 
         Sampling: the encoder runs once per prompt; its output is repeated for the samples, each row with its
         own seed from :func:`document_seed`, so results do not depend on the batch; the decoder projects it to
         cross-attention keys and values once per prompt too (:func:`project_once_per_prompt`).
         """
+        self._check_batch(batch, ("input_ids", "attention_mask"))
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         config = self.decoding
         samples = config.num_samples
         settings = generation_config(config, self.model.generation_config)
@@ -288,17 +359,6 @@ class Seq2SeqModule(LightningModule):
         if len(texts) != len(doc_ids) * samples:
             raise RuntimeError(f"generate returned {len(texts)} sequences for {len(doc_ids)} prompts x {samples}")
         return [texts[row * samples:(row + 1) * samples] for row in range(len(doc_ids))]
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Records ``{"doc_id", "task", "sample_idx", "text", "model"}`` (the writer adds ``stage``)."""
-        self._check_batch(batch, PREDICT_KEYS)
-        doc_ids, tasks = list(batch["doc_id"]), list(batch["task"])
-        rows = batch["input_ids"].shape[0]
-        if not len(doc_ids) == len(tasks) == rows:
-            raise ValueError(f"batch has {rows} prompts but {len(doc_ids)} doc_ids and {len(tasks)} tasks")
-        texts = self.generate_texts(batch["input_ids"], batch["attention_mask"], doc_ids, tasks)
-        return [{"doc_id": doc_id, "task": task, "sample_idx": index, "text": text, "model": self.model_label}
-                for doc_id, task, outputs in zip(doc_ids, tasks, texts) for index, text in enumerate(outputs)]
 
     # ---- saving -------------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> Path:

@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from datamodules.synthetic_files import FileFormat
 from lightning_modules.decoding import DecodingConfig
+from pipeline.sources import STAGE1_SOURCES
 from retrieval.bm25 import BM25Config
 from retrieval.extractive import ExtractiveConfig
 from retrieval.metrics import DEFAULT_K
+from retrieval.rao_blackwell import WEIGHTING_METHODS
 from retrieval.search import SearchConfig
-from retrieval.synthetic import FileFormat, UnknownDocPolicy
+from retrieval.synthetic import UnknownDocPolicy
 
 STAGES = ("data", "stage1", "filter", "tune", "stage2", "filter2", "embed", "evaluate")
 """Stage names, in order; each is also a command: ``python train.py <stage> -c profile.yaml``."""
@@ -28,9 +31,10 @@ class Stage1Config:
     """Where stage 1's synthetic questions and keywords come from.
 
     Attributes:
-        source: ``self`` (the model itself, as the paper does), ``extractive`` (a bootstrap teacher for a
-            model that cannot follow instructions untrained: titles/leading sentences and TF-IDF keyphrases),
-            or ``file`` (synthetic queries made elsewhere).
+        source: a registered stage-1 source (``pipeline.sources.STAGE1_SOURCES``): ``self`` (the model
+            itself, as the paper does), ``extractive`` (a bootstrap teacher for a model that cannot follow
+            instructions untrained: titles/leading sentences and TF-IDF keyphrases), or ``file`` (synthetic
+            queries made elsewhere).
         file: the synthetic file for ``source: file`` (our JSONL, or BEIR GenQ's ``gen-queries.jsonl``).
         file_format: ``jsonl`` (our records) or ``beir-genq``.
         on_unknown_doc: a file record whose document is not in the (downsampled) corpus: ``fail``, or
@@ -39,12 +43,15 @@ class Stage1Config:
         decoding: decoding for ``source: self``; null uses ``generation.decoding``.
     """
 
-    source: Literal["self", "extractive", "file"] = "self"
+    source: str = "self"
     file: Path | None = None
     file_format: FileFormat = "jsonl"
     on_unknown_doc: UnknownDocPolicy = "fail"
     extractive: ExtractiveConfig = field(default_factory=ExtractiveConfig)
     decoding: DecodingConfig | None = None
+
+    def __post_init__(self) -> None:
+        STAGE1_SOURCES.check(self.source, "stage1.source")
 
 
 @dataclass
@@ -66,13 +73,13 @@ class GenerationConfig:
 
 @dataclass
 class FitConfig:
-    """Instruction tuning (the paper: AdaFactor lr 1e-4, batch 16, at most 30 epochs, patience 5).
+    """Instruction tuning (the paper's settings, ``core.paper.PAPER_TUNING``, are the fit CLI's defaults).
 
     Attributes:
         configs: LightningCLI fit fragments (``configs/fit/*.yaml``) composed first; the pipeline then sets
             the model, the data files and the run directory.
         trainer: extra Trainer settings for tuning only (e.g. ``max_epochs``), over the pipeline's ``trainer``.
-        data: extra SelfInstructDataModule settings (e.g. ``batch_size``).
+        data: extra SelfInstructDataModule settings (e.g. ``batch_size``, ``val_fraction``).
         overrides: further ``--key=value`` arguments, as on the ``fit`` command line.
         skip: do not tune; stage 2 then generates with the untuned model (an ablation).
     """
@@ -107,8 +114,8 @@ class EvaluateConfig:
     """The results table and the weight sweep.
 
     Attributes:
-        methods: Rao-Blackwell weighting methods to report (rows ``rb-<method>-<level>-<stage>``); each
-            uses ``rao_blackwell`` with its ``method`` replaced.
+        methods: registered Rao-Blackwell weighting methods to report (rows ``rb-<method>-<level>-<stage>``);
+            each uses ``rao_blackwell`` with its ``method`` replaced.
         levels: ``doc`` (one vector per document), ``sentence`` (each sentence augmented; max over sentences)
             and/or ``multi`` (max over the sentences and the document's Rao-Blackwellised vector as one more
             unit: the sentences keep their precision, the averaged vector adds the synthetic evidence).
@@ -129,8 +136,7 @@ class EvaluateConfig:
         columns: metric columns of the markdown table.
     """
 
-    methods: list[Literal["manual", "uniform", "bertscore", "softmax"]] = field(
-        default_factory=lambda: ["manual", "uniform", "bertscore", "softmax"])
+    methods: list[str] = field(default_factory=WEIGHTING_METHODS.names)
     levels: list[Literal["doc", "sentence", "multi"]] = field(default_factory=lambda: ["doc", "sentence", "multi"])
     multi_sentence_weight: float = 1.0
     stages: list[Literal["stage1", "stage2"]] = field(default_factory=lambda: ["stage1", "stage2"])
@@ -144,6 +150,9 @@ class EvaluateConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     bm25: BM25Config = field(default_factory=BM25Config)
     columns: list[str] = field(default_factory=lambda: ["ndcg@10", "mrr@100", "recall@100"])
+
+    def __post_init__(self) -> None:
+        WEIGHTING_METHODS.check(self.methods, "evaluate.methods")
 
 
 @dataclass

@@ -9,29 +9,32 @@ and ``rb-<method>-<doc|sentence|multi>-<stage1|stage2>``. All read the vectors t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from callbacks.tables import log_table
+from core.fingerprint import stable_hash
+from core.io import atomic_path, write_json_atomic
+from core.record_key import RecordKey
+from core.registry import Registry
+from lightning_modules.encoder import EncoderModule
 from pipeline import layout
-from pipeline.stages import expansion_texts, parse_record_key, record_key, synthetic_records
+from pipeline.context import PipelineContext
+from retrieval.bertscore import bertscore_f1, check_layer
 from retrieval.bm25 import bm25_search
-from retrieval.io import write_json_atomic
 from retrieval.metrics import evaluate_run
-from retrieval.rao_blackwell import RaoBlackwellConfig, rao_blackwellise
+from retrieval.rao_blackwell import WEIGHTING_METHODS, RaoBlackwellConfig, rao_blackwellise
 from retrieval.results import ResultRow, write_results
 from retrieval.search import search
+from retrieval.significance import compare_to_baselines
+from retrieval.synthetic import expansion_texts
 from retrieval.vectors import load_vectors
-
-if TYPE_CHECKING:
-    from pipeline.pipeline import PipelineContext
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +49,15 @@ class Units:
 
 @dataclasses.dataclass
 class Synthetic:
-    """One stage's synthetic embeddings, aligned with the corpus's document order."""
+    """Synthetic embeddings (one stage's, or a combination), aligned with the corpus's document order."""
 
     vectors: torch.Tensor
     doc: torch.Tensor
     task: list[str]
     texts: list[str]
-    weights: torch.Tensor | None = None  # BERTScore F1, computed on demand
+    sample_idx: torch.Tensor
+    scores: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # per-output scores, by name
+    parts: list[tuple[str, torch.Tensor]] | None = None  # (name, mask) it was combined from (see Evaluator.combine)
 
 
 def _tensor(path: Path) -> tuple[list[str], torch.Tensor]:
@@ -60,10 +65,54 @@ def _tensor(path: Path) -> tuple[list[str], torch.Tensor]:
     return ids, torch.from_numpy(np.asarray(vectors, dtype=np.float32))
 
 
-class Evaluator:
-    """Holds the loaded vectors of one run directory and scores systems against its qrels."""
+OutputScore = Callable[["Evaluator", str], torch.Tensor]
+"""``(evaluator, synthetic name) -> (M,)`` non-negative score per output, for a weighting method that declares
+it (``WeightingMethod.output_score``)."""
+OUTPUT_SCORES: Registry[OutputScore] = Registry("per-output score")
 
-    def __init__(self, ctx: PipelineContext) -> None:
+
+@OUTPUT_SCORES.register("bertscore")
+def bertscore_weights(evaluator: Evaluator, name: str) -> torch.Tensor:
+    """BERTScore F1 (as ``bert_score`` computes it, at ``rao_blackwell.bertscore_layer``) of each synthetic text
+    against its document, with the run's encoder, cached under ``cache/``; a negative F1 counts 0."""
+    synthetic = evaluator.synthetic(name)
+    references = [evaluator.dataset.doc_text(evaluator.doc_ids[i]) for i in synthetic.doc.tolist()]
+    encoder_name = evaluator.ctx.embedding_encoder
+    layer = evaluator.ctx.rao_blackwell.bertscore_layer
+    key = stable_hash(["bert_score-0.3.13", layer, encoder_name, synthetic.texts, references])
+    cache = evaluator.ctx.run_dir / "cache" / f"bertscore-{name}-{key}.npy"
+    if cache.is_file():
+        weights = torch.from_numpy(np.load(cache))
+    else:
+        encoder = EncoderModule(encoder_name)
+        try:
+            check_layer(encoder, layer)
+        except ValueError as err:
+            raise ValueError(f"rao_blackwell.bertscore_layer: {err}") from None
+        if torch.cuda.is_available():
+            encoder = encoder.cuda()
+        encoder.eval()
+        weights = bertscore_f1(encoder, synthetic.texts, references, layer=layer).float()
+        with atomic_path(cache) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, weights.numpy())
+    negative = int((weights < 0).sum())
+    if negative:  # raw F1 below 0: no token of the output is closer to the document than chance, weight 0
+        log.warning("BERTScore F1 < 0 for %d of %d %s outputs: they get weight 0 in rb-bertscore-* rows",
+                    negative, len(weights), name)
+    return weights.clamp(min=0.0)
+
+
+class Evaluator:
+    """The vectors of one run directory, scored against its qrels: what the results table and studies use.
+
+    Public API (``benchmarks/rb_sweep.py`` uses only this): :meth:`units`, :meth:`synthetic` (a stage's
+    outputs, or any set added with :meth:`add_synthetic` / :meth:`combine`), :meth:`output_scores`,
+    :meth:`rao_blackwell`, :meth:`multi_units`, :meth:`corpus_only_units`, :meth:`score_units`,
+    :meth:`score_run`, :meth:`set_queries`; ``keep_docs`` scores on a sub-corpus.
+    """
+
+    def __init__(self, ctx: PipelineContext, keep_docs: set[str] | None = None) -> None:
+        """``keep_docs``: score on these documents only (and the queries whose judged documents are all there)."""
         self.ctx = ctx
         self.dataset = ctx.dataset
         self.doc_ids = list(self.dataset.doc_ids)
@@ -75,76 +124,97 @@ class Evaluator:
         self.sentences: Units | None = None
         if ctx.embed.sentences:
             unit_ids, vectors = _tensor(ctx.run_dir / layout.SENTENCES)
-            owner = torch.tensor([self.doc_index[unit.rsplit("#", 1)[0]] for unit in unit_ids], dtype=torch.long)
+            owner = torch.tensor([self.doc_index[RecordKey.decode(unit).doc_id] for unit in unit_ids], dtype=torch.long)
             self.sentences = Units(vectors, owner)
+        self.keep_mask: torch.Tensor | None = None
+        if keep_docs is not None:
+            self.keep_mask = torch.tensor([doc_id in keep_docs for doc_id in self.doc_ids])
+            qrels = {qid: docs for qid, docs in self.dataset.qrels.items() if all(d in keep_docs for d in docs)}
+            self.dataset = dataclasses.replace(self.dataset, qrels=qrels)
         self._synthetic: dict[str, Synthetic] = {}
+
+    def set_queries(self, query_ids: list[str], vectors: torch.Tensor) -> None:
+        """Score other queries (e.g. another split's, embedded with the run's encoder) against the same vectors."""
+        self.query_ids, self.queries = query_ids, vectors
 
     # --- scoring -------------------------------------------------------------------------------------
     def score_run(self, run: dict[str, dict[str, float]]) -> dict[str, float]:
         cfg = self.ctx.evaluate
         return evaluate_run(self.dataset.qrels, run, k_values=cfg.k_values,
-                            ignore_identical_ids=cfg.search.ignore_identical_ids)
+                            ignore_identical_ids=cfg.search.ignore_identical_ids, per_query=True)
 
     def score_units(self, units: Units) -> dict[str, float]:
-        unit_to_doc = None if units.unit_to_doc is None else units.unit_to_doc
-        run = search(self.query_ids, self.queries, self.doc_ids, units.vectors, self.ctx.evaluate.search,
-                     unit_to_doc=unit_to_doc)
+        vectors, unit_to_doc, doc_ids = units.vectors, units.unit_to_doc, self.doc_ids
+        if self.keep_mask is not None:
+            owner = unit_to_doc if unit_to_doc is not None else torch.arange(len(self.doc_ids))
+            kept_units = self.keep_mask[owner]
+            new_index = torch.cumsum(self.keep_mask.long(), 0) - 1
+            doc_ids = [doc_id for doc_id, keep in zip(self.doc_ids, self.keep_mask.tolist()) if keep]
+            vectors = vectors[kept_units]
+            unit_to_doc = None if unit_to_doc is None else new_index[owner[kept_units]]
+        run = search(self.query_ids, self.queries, doc_ids, vectors, self.ctx.evaluate.search, unit_to_doc=unit_to_doc)
         return self.score_run(run)
 
-    def doc_units(self) -> Units:
-        return Units(self.documents, None)
-
     def units(self, level: str) -> Units:
+        """``doc``: one vector per document; ``sentence``: the sentence units."""
         if level == "doc":
-            return self.doc_units()
+            return Units(self.documents, None)
         if self.sentences is None:
             raise ValueError("sentence level needs sentence vectors: set embed.sentences: true")
         return self.sentences
 
     # --- synthetic outputs ---------------------------------------------------------------------------
-    def synthetic(self, stage: str) -> Synthetic:
-        if stage not in self._synthetic:
-            keys, vectors = _tensor(self.ctx.run_dir / layout.synthetic_vectors(stage))
-            texts = {record_key(r): r.text for r in synthetic_records(self.ctx, stage)}
-            parsed = [parse_record_key(key) for key in keys]
-            self._synthetic[stage] = Synthetic(
-                vectors=vectors, doc=torch.tensor([self.doc_index[d] for d, _, _ in parsed], dtype=torch.long),
-                task=[task for _, task, _ in parsed], texts=[texts[key] for key in keys])
-        return self._synthetic[stage]
+    def synthetic(self, name: str) -> Synthetic:
+        """A pipeline stage's embedded outputs (``stage1``/``stage2``), or a set added under ``name``."""
+        if name not in self._synthetic:
+            keys, vectors = _tensor(self.ctx.run_dir / layout.synthetic_vectors(name))
+            texts = {r.key.encode(): r.text for r in self.ctx.synthetic_records(name)}
+            parsed = [RecordKey.decode(key) for key in keys]
+            self._synthetic[name] = Synthetic(
+                vectors=vectors, doc=torch.tensor([self.doc_index[k.doc_id] for k in parsed], dtype=torch.long),
+                task=[k.task for k in parsed], texts=[texts[key] for key in keys],
+                sample_idx=torch.tensor([k.index for k in parsed], dtype=torch.long))
+        return self._synthetic[name]
 
-    def bertscore_weights(self, stage: str) -> torch.Tensor:
-        """BERTScore F1 of each synthetic text against its document, cached under ``cache/``."""
-        synthetic = self.synthetic(stage)
-        if synthetic.weights is not None:
-            return synthetic.weights
-        references = [self.dataset.doc_text(self.doc_ids[i]) for i in synthetic.doc.tolist()]
-        key = hashlib.sha256(json.dumps([self.ctx.embedding_encoder, synthetic.texts, references]).encode())
-        cache = self.ctx.run_dir / "cache" / f"bertscore-{stage}-{key.hexdigest()[:16]}.npy"
-        if cache.is_file():
-            weights = torch.from_numpy(np.load(cache))
-        else:
-            from lightning_modules.encoder import EncoderModule
-            from retrieval.bertscore import bertscore_f1
-            from retrieval.io import atomic_path
+    def has_synthetic(self, name: str) -> bool:
+        return name in self._synthetic
 
-            encoder = EncoderModule(self.ctx.embedding_encoder)
-            if torch.cuda.is_available():
-                encoder = encoder.cuda()
-            encoder.eval()
-            weights = bertscore_f1(encoder, synthetic.texts, references).float()
-            with atomic_path(cache) as tmp, open(tmp, "wb") as handle:
-                np.save(handle, weights.numpy())
-        synthetic.weights = weights
-        return weights
+    def add_synthetic(self, name: str, synthetic: Synthetic) -> None:
+        """Make ``synthetic`` available as ``name`` to :meth:`rao_blackwell` (e.g. outputs the filter dropped)."""
+        self._synthetic[name] = synthetic
+
+    def combine(self, name: str, parts: Sequence[tuple[str, torch.Tensor]]) -> Synthetic:
+        """The outputs of other sets, each masked (``(set name, bool mask)``), as one set ``name``; per-output
+        scores are taken from the parts' (nothing is scored twice)."""
+        pieces = [(self.synthetic(part), mask) for part, mask in parts]
+        combined = Synthetic(vectors=torch.cat([s.vectors[m] for s, m in pieces]),
+                             doc=torch.cat([s.doc[m] for s, m in pieces]),
+                             task=[t for s, m in pieces for t, keep in zip(s.task, m.tolist()) if keep],
+                             texts=[t for s, m in pieces for t, keep in zip(s.texts, m.tolist()) if keep],
+                             sample_idx=torch.cat([s.sample_idx[m] for s, m in pieces]), parts=list(parts))
+        self.add_synthetic(name, combined)
+        return combined
+
+    def output_scores(self, name: str, kind: str) -> torch.Tensor:
+        """The per-output score ``kind`` (an :data:`OUTPUT_SCORES` name) of set ``name``, computed once."""
+        synthetic = self.synthetic(name)
+        if kind not in synthetic.scores:
+            if synthetic.parts is not None:
+                synthetic.scores[kind] = torch.cat([self.output_scores(part, kind)[mask] for part, mask in synthetic.parts])
+            else:
+                synthetic.scores[kind] = OUTPUT_SCORES.get(kind)(self, name)
+        return synthetic.scores[kind]
 
     def rao_blackwell(self, level: str, stage: str, config: RaoBlackwellConfig,
                       sentence_weight: float | None = None) -> Units:
-        """``sentence_weight``: the multi level's sentence mix (default ``evaluate.multi_sentence_weight``)."""
+        """``level``'s units Rao-Blackwellised with the outputs of set ``stage``; ``sentence_weight``: the multi
+        level's sentence mix (default ``evaluate.multi_sentence_weight``)."""
         if level == "multi":
             return self.multi_units(stage, config, sentence_weight)
         units, synthetic = self.units(level), self.synthetic(stage)
         unit_to_doc = units.unit_to_doc if units.unit_to_doc is not None else torch.arange(len(self.doc_ids))
-        weights = self.bertscore_weights(stage) if config.method == "bertscore" else None
+        needed = WEIGHTING_METHODS.get(config.method).output_score
+        weights = self.output_scores(stage, needed) if needed is not None else None
         needs_docs = config.parent_share > 0 or (level == "sentence" and config.similarity_to == "document")
         vectors = rao_blackwellise(units.vectors, unit_to_doc, synthetic.vectors, synthetic.doc, synthetic.task,
                                    config, synthetic_weights=weights,
@@ -181,7 +251,8 @@ def _row(system: str, scores: Callable[[], dict[str, float]], extra: dict[str, A
     start = time.perf_counter()
     metrics = scores()
     log.info("%-32s nDCG@10 %.4f", system, metrics.get("ndcg@10", float("nan")))
-    return ResultRow(system, metrics, {**(extra or {}), "seconds": round(time.perf_counter() - start, 2)})
+    return ResultRow(system, dict(metrics), {**(extra or {}), "seconds": round(time.perf_counter() - start, 2)},
+                     per_query=getattr(metrics, "per_query", None))
 
 
 def available_stages(ctx: PipelineContext) -> list[str]:
@@ -210,7 +281,7 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator) -> list[ResultRow]:
         for stage in stages:
             suffix = "" if stage == final else f"-{stage}"
             _, expanded = _tensor(ctx.run_dir / layout.expansion_vectors(stage))
-            texts = expansion_texts(ctx, synthetic_records(ctx, stage))
+            texts = expansion_texts(ctx.documents(), ctx.synthetic_records(stage))
             rows.append(_row(f"expansion-dense{suffix}", lambda v=expanded: evaluator.score_units(Units(v, None))))
             rows.append(_row(f"expansion-bm25{suffix}",
                              lambda t=texts: evaluator.score_run(bm25_search(t, queries, cfg.bm25, progress=False))))
@@ -246,7 +317,8 @@ def weight_sweep(ctx: PipelineContext, evaluator: Evaluator, rows: Sequence[Resu
         level = "doc"
     curves: dict[str, list[float]] = {}
     for method in ctx.evaluate.methods:
-        weights = ctx.evaluate.sweep_doc_weights if method != "uniform" else ctx.evaluate.sweep_doc_weights[:1]
+        equal = WEIGHTING_METHODS.get(method).equal_weights  # ignores the document weight: one point
+        weights = ctx.evaluate.sweep_doc_weights[:1] if equal else ctx.evaluate.sweep_doc_weights
         curves[method] = []
         for weight in weights:
             config = dataclasses.replace(ctx.rao_blackwell, method=method, doc_weight=weight)
@@ -259,12 +331,11 @@ def weight_sweep(ctx: PipelineContext, evaluator: Evaluator, rows: Sequence[Resu
 
 def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
     """PNG of nDCG@10 against the document weight, one line per method, the corpus-only level dashed."""
-    import matplotlib
+    import matplotlib  # here, not at the top: choosing the Agg backend on import would change it for any
+                       # program that imports the pipeline, and only this function draws
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from retrieval.io import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method, values in sweep["ndcg@10"].items():
@@ -292,14 +363,16 @@ def evaluate_run_dir(ctx: PipelineContext) -> list[ResultRow]:
     """Write ``results.json``/``results.md``, ``sweep.json`` and the sweep plot; log the table."""
     evaluator = Evaluator(ctx)
     rows = table_rows(ctx, evaluator)
+    vs = compare_to_baselines({row.system: row.per_query for row in rows if row.per_query})
+    for row in rows:  # each rb-*/expansion-* row against dense, dense-sentence and dense-multi, query by query
+        if row.system in vs:
+            row.extra["vs"] = {base: comparison.to_json() for base, comparison in vs[row.system].items()}
     name = Path(ctx.data.path).name
     write_results(ctx.run_dir, name, ctx.data.split, rows, columns=ctx.evaluate.columns)
     sweep = weight_sweep(ctx, evaluator, rows)
     if sweep:
         write_json_atomic(ctx.run_dir / layout.SWEEP_JSON, sweep)
         plot_sweep(sweep, ctx.run_dir / layout.SWEEP_PLOT)
-    from callbacks.tables import log_table
-
     columns = list(ctx.evaluate.columns)
     log_table("results", ["system", *columns], [[row.system, *(row.metrics.get(c) for c in columns)] for row in rows],
               ctx.run_dir, ctx.loggers)

@@ -14,7 +14,7 @@ STAGE2 = "synthetic/stage2.jsonl"
 STAGE2_KEPT = "synthetic/stage2.kept.jsonl"
 STAGE2_FILTER_REPORT = "synthetic/stage2.filter_report.json"
 SELFINSTRUCT_DIR = "selfinstruct"
-TRAIN = "selfinstruct/train.jsonl"
+TRAIN = "selfinstruct/train.jsonl"  # written by the tune stage's DataModule, for inspection
 VAL = "selfinstruct/val.jsonl"
 FILTER_REPORT = "filter_report.json"
 FIT_DIR = "fit"
@@ -29,7 +29,7 @@ TIMINGS = "timings.json"
 
 
 def synthetic_vectors(stage: str) -> str:
-    """Embeddings of the synthetic texts of ``stage1``/``stage2`` (keys ``doc_id|task|sample_idx``)."""
+    """Embeddings of the synthetic texts of ``stage1``/``stage2`` (ids: encoded ``core.record_key.RecordKey``)."""
     return f"vectors/synthetic-{stage}.safetensors"
 
 

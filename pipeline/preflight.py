@@ -9,11 +9,11 @@ What "checked" means (issue 6, security):
 * ``run_dir`` is a folder or does not exist yet, never a file; it and ``data.path`` do not overlap (neither
   inside the other): the stages would write into the dataset (``data/kept-docs.txt``), and the dataset's
   file signature, which decides whether the data stage reruns, would change with every run;
-* ``data.path`` is an existing folder; ``stage1.file`` (source ``file``) and the ``fit.configs`` fragments
-  are existing files;
+* ``data.path`` is an existing folder; each stage-1 source checks its own inputs (``file``: the file exists);
 * the models the planned stages load resolve now (a local folder with ``config.json``, a packaged offline
   copy, a cached or reachable hub name), and a folder holding only pickled weights is refused unless the
-  model sets ``allow_pickle_weights`` (the encoders never do).
+  model sets ``allow_pickle_weights`` (the encoders never do). Which models a generator loads is its own
+  business (:meth:`GeneratorModule.model_sources`, :meth:`GeneratorModule.encoder_source`).
 
 ``..`` is allowed: paths in a profile are the user's own. No path is ever built from the data: part files
 are named by rank, attempt and batch index, and ids and texts live inside files, never in their names.
@@ -24,15 +24,12 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from core.io import InputError
+from lightning_modules.encoder import resolve_encoder_source
 from lightning_modules.loading import ModelNotAvailableError, check_weight_format, resolve_model_source
-from retrieval.io import InputError
-
-if TYPE_CHECKING:
-    from pipeline.pipeline import PipelineContext
-
-MODEL_KEYS = ("model_name_or_path", "warm_start_encoder", "tokenizer_name_or_path")
+from pipeline.context import PipelineContext
+from pipeline.sources import STAGE1_SOURCES
 
 
 def _resolved(path: str | os.PathLike) -> Path:
@@ -57,44 +54,57 @@ def check_paths(ctx: PipelineContext) -> None:
         raise InputError(f"run_dir '{ctx.run_dir}' and the data folder '{ctx.data.path}' overlap", field="run_dir",
                          hint="keep the run directory outside the dataset (and the dataset outside it): stages "
                               "would write into the dataset and every rerun would start over")
-    if ctx.stage1.source == "file" and ctx.stage1.file is not None and not Path(ctx.stage1.file).is_file():
-        raise InputError("synthetic file not found" if not Path(ctx.stage1.file).exists() else "is a folder",
-                         path=ctx.stage1.file, field="stage1.file", hint="give our JSONL or BEIR's gen-queries.jsonl")
+    STAGE1_SOURCES.get(ctx.stage1.source)().check(ctx)
 
 
-def _model_sources(ctx: PipelineContext, running: Collection[str]) -> dict[str, str]:
-    """``{config key: model name or path}`` of the models the ``running`` stages load (the tuned one excepted)."""
+def _no_encoder(ctx: PipelineContext, key: str) -> InputError:
+    return InputError(f"{ctx.generator.__name__} has no text encoder to use here", field=key,
+                      hint=f"set {key} to an encoder folder or hub name (e.g. sentence-transformers/all-MiniLM-L6-v2)")
+
+
+def _model_sources(ctx: PipelineContext, running: Collection[str]) -> dict[str, tuple[str, bool]]:
+    """``{config key: (model name or path, holds weights)}`` of the models the ``running`` stages load (the tuned
+    one excepted: this run makes it)."""
     init = ctx.model_config["init_args"]
-    base_key = "model.init_args." + ("warm_start_encoder" if init.get("warm_start_encoder") else "model_name_or_path")
-    loads_model = "tune" in running or ("stage1" in running and ctx.stage1.source == "self") or \
+    base = ctx.base_encoder_source
+    base_key = f"model.init_args.{base.key}" if base is not None else None
+    source = STAGE1_SOURCES.get(ctx.stage1.source)
+    loads_model = "tune" in running or ("stage1" in running and source.loads_model) or \
         ("stage2" in running and ctx.fit.skip)
-    sources: dict[str, str] = {}
+    sources: dict[str, tuple[str, bool]] = {}
     if loads_model:
-        sources.update({f"model.init_args.{key}": str(init[key]) for key in MODEL_KEYS if init.get(key)})
-    if {"filter", "filter2"} & set(running):
-        sources["filter.encoder" if ctx.filter.encoder else base_key] = str(ctx.filter.encoder or ctx.base_encoder)
+        sources.update({f"model.init_args.{s.key}": (s.source, s.weights) for s in ctx.generator.model_sources(init)})
+    if {"filter", "filter2"} & set(running) and ctx.filter.roundtrip:  # only the round trip embeds
+        if ctx.filter.encoder:
+            sources["filter.encoder"] = (ctx.filter.encoder, True)
+        elif base is None:
+            raise _no_encoder(ctx, "filter.encoder")
+        else:
+            sources[base_key] = (base.source, True)
     if {"embed", "evaluate"} & set(running):
         encoder = ctx.embed.encoder
         if encoder == "base" or (encoder == "tuned" and ctx.fit.skip):
-            sources[base_key] = ctx.base_encoder
+            if base is None:
+                raise _no_encoder(ctx, "embed.encoder")
+            sources[base_key] = (base.source, True)
+        elif encoder == "tuned" and base is None:
+            raise _no_encoder(ctx, "embed.encoder")
         elif encoder != "tuned":  # the tuned model is made by this run
-            sources["embed.encoder"] = encoder
+            sources["embed.encoder"] = (encoder, True)
     return sources
 
 
 def check_models(ctx: PipelineContext, running: Collection[str]) -> None:
     """Every model the ``running`` stages load resolves now; pickled weights only where the model allows them."""
-    from lightning_modules.encoder import resolve_encoder_source
-
     init = ctx.model_config["init_args"]
-    for key, value in _model_sources(ctx, running).items():
+    for key, (value, weights) in _model_sources(ctx, running).items():
         try:
             if key.startswith("model.init_args"):
                 source = resolve_model_source(value)
                 allow_pickle = bool(init.get("allow_pickle_weights"))
             else:  # an encoder may be a sentence-transformers folder whose transformer sits in a subfolder
                 source, allow_pickle = resolve_encoder_source(value).model_path, False
-            if key != "model.init_args.tokenizer_name_or_path":
+            if weights:
                 check_weight_format(source, allow_pickle)
         except ModelNotAvailableError as err:
             raise ModelNotAvailableError(f"{key}: {err}") from None

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from core.io import write_json_atomic
 from pipeline import layout
+from pipeline.context import PipelineContext
 from pipeline.runner import StageOutcome, read_marker
-from retrieval.io import write_json_atomic
 from retrieval.results import format_table, read_results
-
-if TYPE_CHECKING:
-    from pipeline.pipeline import PipelineContext
 
 
 def stage_timings(ctx: PipelineContext, names: Sequence[str]) -> list[dict[str, object]]:

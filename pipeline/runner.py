@@ -10,7 +10,6 @@ slice so moving a run to more GPUs does not redo finished work.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval.io import write_json_atomic
+from core.fingerprint import stable_hash
+from core.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ class Stage:
 
 def fingerprint(settings: Any, upstream: dict[str, str]) -> str:
     """Stable hash of a stage's settings and its upstream fingerprints."""
-    payload = json.dumps({"settings": settings, "upstream": upstream}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+    return stable_hash({"settings": settings, "upstream": upstream})
 
 
 @dataclass
@@ -165,9 +164,3 @@ def execute_plan(planned: Sequence[PlannedStage], run_dir: Path, is_global_zero:
         outcomes.append(StageOutcome(stage.name, "ran", seconds, item.fingerprint))
     return outcomes
 
-
-def run_stages(stages: Sequence[Stage], run_dir: Path, only: Sequence[str] | None = None,
-               force: Sequence[str] = ()) -> list[StageOutcome]:
-    """Plan and execute in one process (the common single-process case)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return execute_plan(plan_stages(stages, run_dir, only, force), run_dir)

@@ -1,37 +1,34 @@
-"""What each pipeline stage does: read the previous stages' files, call the library, write its own.
+"""What each pipeline stage does, and the stage graph: read the previous stages' files, call the library, write.
 
-Every function takes the :class:`~pipeline.pipeline.PipelineContext` and communicates only
-through files under ``ctx.run_dir`` (``pipeline.layout``), so a stage can run alone or resume.
+Every stage body takes the :class:`~pipeline.context.PipelineContext` and communicates only through
+files under ``ctx.run_dir`` (``pipeline.layout``), so a stage can run alone or resume. :func:`build_stages`
+gives each stage the settings slice whose change reruns it and the stages whose outputs it reads.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from datamodules.downsample import load_dataset_from_config
-from datamodules.sentences import sentence_units
+from core.fingerprint import file_signature, plain, stable_hash
+from core.io import file_sha256, write_json_atomic, write_text_atomic
+from datamodules.downsample import DataConfig, load_dataset_from_config
+from lightning_modules.encoder import EncoderModule
+from lightning_modules.precision import precision_identity
 from pipeline import layout
-from retrieval.synthetic import SyntheticRecord, load_file_source, read_synthetic, write_synthetic
-
-if TYPE_CHECKING:
-    from pipeline.pipeline import PipelineContext
+from pipeline.context import PipelineContext
+from pipeline.embed import embed_texts
+from pipeline.evaluation import evaluate_run_dir
+from pipeline.filter_stage import encoder_embedder, run_filter
+from pipeline.fit import fit_selfinstruct
+from pipeline.runner import Stage
+from pipeline.sources import STAGE1_SOURCES, generate
+from retrieval.filter import filter_records
+from retrieval.sentences import sentence_units
+from retrieval.synthetic import expansion_texts, read_synthetic, write_synthetic
 
 log = logging.getLogger(__name__)
-
-KEY_SEPARATOR = "|"
-
-
-def record_key(record: SyntheticRecord) -> str:
-    """The id of a synthetic text's vector: ``doc_id|task|sample_idx`` (task and index hold no '|')."""
-    return f"{record.doc_id}{KEY_SEPARATOR}{record.task}{KEY_SEPARATOR}{record.sample_idx}"
-
-
-def parse_record_key(key: str) -> tuple[str, str, int]:
-    doc_id, task, sample_idx = key.rsplit(KEY_SEPARATOR, 2)
-    return doc_id, task, int(sample_idx)
 
 
 def run_data(ctx: PipelineContext) -> None:
@@ -41,121 +38,73 @@ def run_data(ctx: PipelineContext) -> None:
 
 def run_stage1(ctx: PipelineContext) -> None:
     """Stage 1: synthetic questions and keywords from the configured source."""
-    output = ctx.run_dir / layout.STAGE1
-    source = ctx.stage1.source
-    if source == "file":
-        if ctx.stage1.file is None:
-            raise ValueError("stage1.source is 'file' but stage1.file is not set: give the synthetic JSONL "
-                             "(or BEIR gen-queries.jsonl) to import")
-        records = load_file_source(Path(ctx.stage1.file), ctx.stage1.file_format, ctx.dataset.corpus,
-                                   ctx.stage1.on_unknown_doc)
-        write_synthetic(output, [dataclasses.replace(r, stage=1) for r in records])
-    elif source == "extractive":
-        from retrieval.extractive import extractive_records
-
-        write_synthetic(output, extractive_records(ctx.dataset, ctx.stage1.extractive))
-    else:
-        generate(ctx, ctx.model(), output, stage=1, decoding=ctx.stage1.decoding or ctx.generation.decoding)
+    STAGE1_SOURCES.get(ctx.stage1.source)().write(ctx, ctx.run_dir / layout.STAGE1)
 
 
-def generate(ctx: PipelineContext, module: Any, output: Path, stage: int, decoding: Any) -> Path:
-    """The model's own generation (stage 1 with ``source: self``, and stage 2)."""
-    from retrieval.generate import generate_synthetic
-
-    return generate_synthetic(ctx.dataset, module, ctx.prompts, decoding=decoding, output=output, stage=stage,
-                              trainer_kwargs=ctx.trainer_kwargs(), batch_size=ctx.generation.batch_size,
-                              max_input_length=ctx.generation.max_input_length)
-
-
-def run_filter(ctx: PipelineContext) -> None:
-    """Quality-filter stage 1 and write the self-instruct split (and the kept records for augmentation)."""
-    from retrieval.filter import run_filter as filter_stage
-
+def run_filter_stage(ctx: PipelineContext) -> None:
+    """Quality-filter stage 1: the kept records (which the self-instruct split and the vectors use) and a report."""
     records = read_synthetic(ctx.run_dir / layout.STAGE1, ctx.dataset.corpus)
-    filter_stage(records, ctx.dataset, ctx.filter, ctx.prompts, ctx.run_dir, encoder=ctx.base_encoder,
-                 loggers=ctx.loggers, kept_path=ctx.run_dir / layout.STAGE1_KEPT)
+    run_filter(records, ctx.dataset, ctx.filter, ctx.run_dir, ctx.run_dir / layout.STAGE1_KEPT,
+               ctx.run_dir / layout.FILTER_REPORT, encoder=ctx.base_encoder, loggers=ctx.loggers)
 
 
 def run_tune(ctx: PipelineContext) -> None:
-    """Instruction-tune the model on the self-instruct split; the best model lands in ``fit/model``."""
-    from lightning_modules.cli import fit_selfinstruct
-
+    """Instruction-tune the model on the kept records; the best model lands in ``fit/model``."""
     ctx.finish_loggers()  # W&B allows one active run per process: tuning logs to its own run in the group
-    _discard_checkpoints_of_other_runs(ctx)
+    key_file, key = _discard_checkpoints_of_other_runs(ctx)
     trainer = {**ctx.trainer, **ctx.fit.trainer, "default_root_dir": str(ctx.run_dir / layout.FIT_DIR)}
     trainer["logger"] = ctx.fit_logger_config()
-    data = {"init_args": {**ctx.fit.data, "train_file": str(ctx.run_dir / layout.TRAIN),
-                          "val_file": str(ctx.run_dir / layout.VAL)}}
+    data = {"init_args": {**ctx.fit.data, "kept_file": str(ctx.run_dir / layout.STAGE1_KEPT),
+                          "dataset": plain(ctx.data), "prompts": plain(ctx.prompts),
+                          "split_dir": str(ctx.run_dir / layout.SELFINSTRUCT_DIR)}}
     fit_selfinstruct(*ctx.fit.configs, {"model": ctx.model_config, "trainer": trainer, "data": data},
                      overrides=["--ckpt_path=last", *ctx.fit.overrides])
+    if ctx.is_global_zero:  # a later rerun of this tuning (forced, or its inputs rebuilt) starts afresh
+        write_text_atomic(key_file, f"{key} {FINISHED}\n")
 
 
-def _discard_checkpoints_of_other_runs(ctx: PipelineContext) -> None:
+FINISHED = "finished"
+
+
+def _discard_checkpoints_of_other_runs(ctx: PipelineContext) -> tuple[Path, str]:
     """Resume (``ckpt_path=last``) only an interrupted run of the same tuning; a changed model, fit setting
-    or training file starts afresh instead of continuing someone else's optimizer state."""
-    import hashlib
-    import json
-    import shutil
-
-    from retrieval.io import write_text_atomic
-
-    from lightning_modules.precision import precision_identity
-
-    digest = hashlib.sha256(json.dumps({"model": ctx.model_config, "fit": dataclasses.asdict(ctx.fit),
-                                        **precision_identity(ctx.trainer)}, sort_keys=True, default=str).encode())
-    for name in (layout.TRAIN, layout.VAL):
-        digest.update((ctx.run_dir / name).read_bytes())
-    key, key_file = digest.hexdigest()[:16], ctx.run_dir / layout.FIT_DIR / "run-key.txt"
+    or training data starts afresh instead of continuing someone else's optimizer state, and so does a
+    tuning that had finished (resuming its last checkpoint would train nothing and save no model).
+    Returns the key file and this tuning's key."""
+    key = stable_hash({"model": ctx.model_config, "fit": plain(ctx.fit), "prompts": plain(ctx.prompts),
+                       "kept": file_sha256(ctx.run_dir / layout.STAGE1_KEPT), **precision_identity(ctx.trainer)})
+    key_file = ctx.run_dir / layout.FIT_DIR / "run-key.txt"
     if ctx.is_global_zero:
-        if key_file.is_file() and key_file.read_text().strip() != key:
-            log.info("tuning settings or data changed: discarding the checkpoints of the previous tuning run")
+        previous = key_file.read_text().split() if key_file.is_file() else []
+        if previous and (previous[0] != key or previous[-1] == FINISHED):
+            log.info("tuning settings or data changed, or the previous tuning had finished: discarding its "
+                     "checkpoints and tuning afresh")
             shutil.rmtree(ctx.run_dir / layout.FIT_DIR / "checkpoints", ignore_errors=True)
         write_text_atomic(key_file, key + "\n")
+    return key_file, key
 
 
 def run_stage2(ctx: PipelineContext) -> None:
-    """Stage 2: regenerate with the tuned model (same prompts), then filter the outputs for augmentation."""
+    """Stage 2: regenerate with the tuned model (same prompts)."""
     if ctx.fit.skip:
         module = ctx.model()
     else:
-        from lightning_modules.seq2seq import Seq2SeqModule
-
-        # the tuned folder holds the model and its tokenizer; how the untuned model was built no longer applies
-        init = {k: v for k, v in ctx.model_config["init_args"].items()
-                if k not in ("model_name_or_path", "warm_start_encoder", "decoder_layers", "tokenizer_name_or_path")}
-        module = Seq2SeqModule(**{**init, "model_name_or_path": str(ctx.run_dir / layout.TUNED_MODEL)})
+        module = ctx.generator.from_tuned(ctx.run_dir / layout.TUNED_MODEL, ctx.model_config["init_args"])
     generate(ctx, module, ctx.run_dir / layout.STAGE2, stage=2, decoding=ctx.generation.decoding)
 
 
 def run_filter2(ctx: PipelineContext) -> None:
-    """Apply the filter's rules to stage-2 outputs (no split): what is kept augments vectors."""
+    """Apply the filter's rules to stage-2 outputs: what is kept augments vectors."""
     records = read_synthetic(ctx.run_dir / layout.STAGE2, ctx.dataset.corpus)
     if ctx.generation.filter_stage2:
-        from retrieval.filter import filter_records
-        from retrieval.io import write_json_atomic
-
-        result = filter_records(records, ctx.dataset, ctx.filter, encoder=ctx.base_encoder,
+        result = filter_records(records, ctx.dataset, ctx.filter,
+                                encoder_embedder(ctx.filter.encoder if ctx.filter.encoder is not None else ctx.base_encoder),
                                 work_dir=ctx.run_dir / "cache" / "filter")
         write_json_atomic(ctx.run_dir / layout.STAGE2_FILTER_REPORT, result.report)
         records = result.kept
+    else:  # a report left by an earlier filtered run would describe outputs that are no longer the kept ones
+        (ctx.run_dir / layout.STAGE2_FILTER_REPORT).unlink(missing_ok=True)
     write_synthetic(ctx.run_dir / layout.STAGE2_KEPT, records)
-
-
-def synthetic_records(ctx: PipelineContext, stage: str) -> list[SyntheticRecord]:
-    """The synthetic texts that augment vectors: the filter's kept ones (or all, by configuration)."""
-    paths = {"stage1": (layout.STAGE1_KEPT, layout.STAGE1), "stage2": (layout.STAGE2_KEPT, layout.STAGE2)}
-    kept, raw = paths[stage]
-    return read_synthetic(ctx.run_dir / (kept if ctx.evaluate.use_filtered else raw), ctx.dataset.corpus)
-
-
-def expansion_texts(ctx: PipelineContext, records: list[SyntheticRecord]) -> list[tuple[str, str]]:
-    """docTTTTTquery-style expansion: each document's text with its synthetic questions appended."""
-    questions: dict[str, list[str]] = {}
-    for record in records:
-        if record.task == "question":
-            questions.setdefault(record.doc_id, []).append(record.text)
-    return [(doc_id, " ".join([ctx.dataset.doc_text(doc_id), *questions.get(doc_id, [])]))
-            for doc_id in ctx.dataset.doc_ids]
 
 
 def sentence_items(ctx: PipelineContext) -> list[tuple[str, str]]:
@@ -166,23 +115,20 @@ def sentence_items(ctx: PipelineContext) -> list[tuple[str, str]]:
 
 def run_embed(ctx: PipelineContext) -> None:
     """Embed documents, sentences, queries, synthetic texts and expanded documents with one encoder."""
-    from lightning_modules.encoder import EncoderModule
-    from retrieval.embed import embed_texts
-
     encoder = EncoderModule(ctx.embedding_encoder)
     dataset, run_dir = ctx.dataset, ctx.run_dir
     settings = {"batch_size": ctx.embed.batch_size, "trainer_kwargs": ctx.trainer_kwargs(), "dtype": ctx.embed.dtype,
                 "return_vectors": False}  # evaluation maps the files; holding every matrix here would only cost memory
     jobs: list[tuple[str, list[tuple[str, str]]]] = [
-        (layout.DOCUMENTS, [(doc_id, dataset.doc_text(doc_id)) for doc_id in dataset.doc_ids]),
+        (layout.DOCUMENTS, ctx.documents()),
         (layout.QUERIES, list(dataset.queries.items())),
     ]
     if ctx.embed.sentences:
         jobs.append((layout.SENTENCES, sentence_items(ctx)))
     for stage in ("stage1", "stage2"):
-        records = synthetic_records(ctx, stage)
-        jobs.append((layout.synthetic_vectors(stage), [(record_key(r), r.text) for r in records]))
-        jobs.append((layout.expansion_vectors(stage), expansion_texts(ctx, records)))
+        records = ctx.synthetic_records(stage)
+        jobs.append((layout.synthetic_vectors(stage), [(r.key.encode(), r.text) for r in records]))
+        jobs.append((layout.expansion_vectors(stage), expansion_texts(ctx.documents(), records)))
     for path, items in jobs:
         log.info("embedding %d texts into %s", len(items), path)
         embed_texts(items, encoder, run_dir / path, **settings)
@@ -190,6 +136,48 @@ def run_embed(ctx: PipelineContext) -> None:
 
 def run_evaluate(ctx: PipelineContext) -> None:
     """Rao-Blackwellise, search and score every configured system; write the table, sweep and plot."""
-    from pipeline.evaluation import evaluate_run_dir
-
     evaluate_run_dir(ctx)
+
+
+def _data_settings(data: DataConfig) -> dict[str, object]:
+    """The data stage's settings without where the folder and the cache lie (its files are hashed instead)."""
+    return {key: value for key, value in plain(data).items() if key not in ("path", "cache_dir")}
+
+
+def build_stages(ctx: PipelineContext) -> list[Stage]:
+    """The stages of this configuration, with the settings slice that decides each one's rerun."""
+    model, prompts = ctx.model_config, plain(ctx.prompts)
+    gen = ctx.generation_settings()
+    precision = precision_identity(ctx.trainer)  # {} in float32: float32 runs keep their fingerprints
+    embed = {**{k: v for k, v in plain(ctx.embed).items() if k != "batch_size"}, **precision}
+    source = STAGE1_SOURCES.get(ctx.stage1.source)()
+    embed_deps = ["filter", "filter2"] + (["tune"] if ctx.embed.encoder == "tuned" and not ctx.fit.skip else [])
+    if ctx.embed.encoder in ("tuned", "base"):
+        embed["model"] = model
+    stages = [
+        Stage("data", lambda: run_data(ctx), lambda: {"data": _data_settings(ctx.data),
+                                                     "files": file_signature(Path(ctx.data.path))},
+              lambda: [layout.KEPT_DOCS]),
+        Stage("stage1", lambda: run_stage1(ctx), lambda: {**plain(ctx.stage1), **source.settings(ctx)},
+              lambda: [layout.STAGE1], lambda: ["data"], collective=source.collective),
+        Stage("filter", lambda: run_filter_stage(ctx), lambda: {"filter": plain(ctx.filter), "encoder": ctx.base_encoder},
+              lambda: [layout.STAGE1_KEPT, layout.FILTER_REPORT], lambda: ["stage1"]),
+    ]
+    if not ctx.fit.skip:
+        stages.append(Stage("tune", lambda: run_tune(ctx),
+                            lambda: {"model": model, "fit": plain(ctx.fit), "prompts": prompts, **precision},
+                            lambda: [layout.TUNED_MODEL + "/config.json"], lambda: ["filter"], collective=True))
+    stages += [
+        Stage("stage2", lambda: run_stage2(ctx), lambda: {"generation": gen, "prompts": prompts, "model": model},
+              lambda: [layout.STAGE2], lambda: ["tune"] if not ctx.fit.skip else ["filter"], collective=True),
+        Stage("filter2", lambda: run_filter2(ctx),
+              lambda: {"filter": plain(ctx.filter) if ctx.generation.filter_stage2 else None,
+                       "encoder": ctx.base_encoder}, lambda: [layout.STAGE2_KEPT], lambda: ["stage2"]),
+        Stage("embed", lambda: run_embed(ctx), lambda: {"embed": embed, "evaluate_filtered": ctx.evaluate.use_filtered},
+              lambda: layout.vector_outputs(ctx.embed.sentences), lambda: embed_deps, collective=True),
+        Stage("evaluate", lambda: run_evaluate(ctx),
+              lambda: {"evaluate": plain(ctx.evaluate), "rao_blackwell": plain(ctx.rao_blackwell)},
+              lambda: [layout.RESULTS_JSON, layout.RESULTS_MD], lambda: ["embed"]),
+    ]
+    return stages
+

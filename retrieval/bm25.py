@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import bm25s
+
 # Word characters joined across '.' and apostrophes, as UAX#29 (Lucene's StandardTokenizer) joins
 # letters or digits across MidNumLet; unlike bm25s' default, one-character tokens are kept.
 LUCENE_TOKEN_PATTERN = r"(?u)\w+(?:[.'’]\w+)*"
@@ -67,7 +69,7 @@ def load_stemmer(name: str | None) -> Any:
     if name is None:
         return None
     try:
-        import Stemmer
+        import Stemmer  # here: only a configured stemmer needs it, and a missing one gets this clear error
     except ImportError:
         raise ImportError(f"bm25.stemmer='{name}' needs PyStemmer: `pip install PyStemmer` (a declared dependency "
                           "of this project), or set bm25.stemmer to null to index unstemmed words") from None
@@ -79,8 +81,6 @@ def load_stemmer(name: str | None) -> Any:
 
 def tokenize(texts: Sequence[str], config: BM25Config, stemmer: Any, progress: bool = True) -> list[list[str]]:
     """Lower-case, split, drop stop words and stem ``texts`` as ``config`` says (one token list per text)."""
-    import bm25s
-
     if config.strip_possessives:
         texts = [_POSSESSIVE.sub("", text) for text in texts]
     try:
@@ -101,8 +101,6 @@ def bm25_search(documents: Sequence[tuple[str, str]], queries: Sequence[tuple[st
     Documents that share no term with a query are left out, as Lucene leaves them out; with
     ``ignore_identical_ids`` a document whose id equals the query id is dropped (BEIR's rule).
     """
-    import bm25s
-
     if not documents:
         raise ValueError("BM25 needs at least one document")
     stemmer = load_stemmer(config.stemmer)

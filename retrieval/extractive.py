@@ -22,7 +22,7 @@ from bm25s.stopwords import STOPWORDS_EN_PLUS
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from datamodules.sentences import split_sentences
+from retrieval.sentences import split_sentences
 from retrieval.synthetic import SyntheticRecord
 
 if TYPE_CHECKING:
@@ -50,9 +50,9 @@ class ExtractiveConfig:
             sentence scores 0.73 against the default 0.9).
         question_template: wraps the phrase into question form so the filter's question-form rule and
             the model both see a question; "{phrase}" is the title or sentence without its final period.
-        n_keywords: keyphrases per document (5, as the stage-1 teacher prompt asks).
-        keyphrase_method: "tfidf": candidate 1-3-grams inside a clause, not starting or ending with a stop
-            word, scored by term frequency times smoothed inverse document frequency over the corpus.
+        n_keywords: keyphrases per document (5, as the stage-1 teacher prompt asks): candidate n-grams inside a
+            clause, not starting or ending with a stop word, scored by term frequency times smoothed inverse
+            document frequency over the corpus.
         max_ngram: longest keyphrase, in words.
         min_phrase_count: a phrase of several words must occur this often in the corpus (in one document
             or several) to count, so one-off word spans do not crowd out real terms.
@@ -62,7 +62,6 @@ class ExtractiveConfig:
     question_from: Literal["title", "lead"] = "title"
     question_template: str = "What is known about {phrase}?"
     n_keywords: int = 5
-    keyphrase_method: Literal["tfidf"] = "tfidf"
     max_ngram: int = 3
     min_phrase_count: int = 2
     model_name: str = "extractive"

@@ -41,12 +41,24 @@ Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Mapping[str, float]]
 
 
+class Evaluation(dict):
+    """The mean of every metric (a plain ``{key: value}`` dict) and, in ``per_query``, each query's values.
+
+    ``per_query`` is ``{query id: {metric key: value}}`` for exactly the queries the means average over,
+    so the mean of a column equals the dict's value; paired significance tests read it.
+    """
+
+    def __init__(self, means: Mapping[str, float], per_query: dict[str, dict[str, float]] | None = None) -> None:
+        super().__init__(means)
+        self.per_query = per_query
+
+
 def evaluate_run(qrels: Qrels, run: Run, k_values: Sequence[int] = DEFAULT_K, ignore_identical_ids: bool = True,
-                 per_query: bool = False, missing_as_zero: bool = False
-                 ) -> dict[str, float] | tuple[dict[str, float], dict[str, dict[str, float]]]:
+                 per_query: bool = False, missing_as_zero: bool = False) -> Evaluation:
     """Mean of every metric at every k, keys ``"ndcg@10"``, ``"mrr@100"``, ... (see the module docstring).
 
-    With ``per_query`` also return ``{query id: {metric key: value}}`` for the queries averaged.
+    With ``per_query`` the result's ``per_query`` holds ``{query id: {metric key: value}}`` for the queries
+    averaged (with ``missing_as_zero`` also the judged queries absent from the run, as 0); else it is None.
     """
     ks = _check_k_values(k_values)
     judged = [qid for qid, judgements in qrels.items() if len(judgements) > 0]
@@ -59,11 +71,11 @@ def evaluate_run(qrels: Qrels, run: Run, k_values: Sequence[int] = DEFAULT_K, ig
     n_counted = len(evaluated) + (len(missing) if missing_as_zero else 0)
     means = {key: float(column.sum() / n_counted) for key, column in values.items()}
     if not per_query:
-        return means
+        return Evaluation(means)
     table = {qid: {key: float(column[row]) for key, column in values.items()} for row, qid in enumerate(evaluated)}
     if missing_as_zero:
         table.update({qid: dict.fromkeys(values, 0.0) for qid in missing})
-    return means, table
+    return Evaluation(means, table)
 
 
 def _check_k_values(k_values: Sequence[int]) -> list[int]:

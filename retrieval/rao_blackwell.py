@@ -33,6 +33,12 @@ pairs as a sparse CSR matrix (cosines by a sampled matrix product, the mix by a 
 product), and weights are normalised with ``index_add_``/``scatter_reduce`` — no Python loop over
 documents, no (pairs × d) gather; ``chunk_size`` bounds the pairs and units held at once, so a
 million rows fit. Half-precision synthetic vectors are copied to float32 once.
+
+Methods are registered in :data:`WEIGHTING_METHODS`, one class each (below): a method says how a unit's
+(anchor, output) pairs are scored within their group, and declares what it needs, the cosines to the
+anchor (``needs_similarity``) or a per-output score the caller supplies (``output_score``, e.g.
+BERTScore F1): the evaluator asks for whatever the chosen method declares. Adding a method is one class
+here plus its test; a config names it by its registered name.
 """
 
 from __future__ import annotations
@@ -40,16 +46,76 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-Method = Literal["manual", "uniform", "bertscore", "softmax"]
-METHODS = ("manual", "uniform", "bertscore", "softmax")
+from core.registry import Registry
+
 NORM_TOLERANCE = 1e-2  # float16 vectors on disk drift ~1e-3 from unit length
+
+
+class WeightingMethod:
+    """How the synthetic outputs of a unit share their weight (the ``method`` of :class:`RaoBlackwellConfig`).
+
+    :meth:`pair_scores` gives each (anchor, output) pair its raw score s_m; outputs share their task's
+    weight (or, with ``normalise_within="all"``, all the outputs' weight) in proportion to it. A method
+    with ``equal_weights`` ignores the document weight and the task shares instead: the unit and each
+    output with a positive score count the same.
+    """
+
+    needs_similarity: ClassVar[bool] = False
+    """Whether :meth:`pair_scores` reads ``cosine`` (each output's cosine to its anchor)."""
+    output_score: ClassVar[str | None] = None
+    """The name of a per-output score the caller must pass as ``synthetic_weights`` (None: none)."""
+    equal_weights: ClassVar[bool] = False
+
+    def pair_scores(self, keep: Tensor, cosine: Tensor, output_score: Tensor | None, group: Tensor,
+                    num_groups: int, config: RaoBlackwellConfig) -> Tensor:
+        """Raw score per pair, 0 where ``keep`` is False; ``group`` numbers the pair's normalisation group."""
+        return keep.float()
+
+
+WEIGHTING_METHODS: Registry[type[WeightingMethod]] = Registry("weighting method")
+
+
+@WEIGHTING_METHODS.register("manual")
+class Manual(WeightingMethod):
+    """A plain mean within each task: the task shares and the document weight decide everything."""
+
+
+@WEIGHTING_METHODS.register("uniform")
+class Uniform(WeightingMethod):
+    """Every vector counts the same: the unit, each kept output (and the parent document when π > 0)."""
+
+    equal_weights = True
+
+
+@WEIGHTING_METHODS.register("bertscore")
+class BertScoreWeights(WeightingMethod):
+    """Outputs in proportion to their BERTScore F1 against their document (``retrieval.bertscore``)."""
+
+    output_score = "bertscore"
+
+    def pair_scores(self, keep: Tensor, cosine: Tensor, output_score: Tensor | None, group: Tensor,
+                    num_groups: int, config: RaoBlackwellConfig) -> Tensor:
+        return torch.where(keep, output_score, torch.zeros_like(keep, dtype=torch.float32))
+
+
+@WEIGHTING_METHODS.register("softmax")
+class SoftmaxSimilarity(WeightingMethod):
+    """Outputs by the softmax of their cosine to the anchor over ``temperature``."""
+
+    needs_similarity = True
+
+    def pair_scores(self, keep: Tensor, cosine: Tensor, output_score: Tensor | None, group: Tensor,
+                    num_groups: int, config: RaoBlackwellConfig) -> Tensor:
+        logits = torch.where(keep, cosine / config.temperature, torch.full_like(cosine, -torch.inf))
+        peak = torch.full((num_groups,), -torch.inf, device=cosine.device).scatter_reduce(0, group, logits, "amax")
+        return torch.where(keep, torch.exp(logits - peak[group]), torch.zeros_like(logits))
 
 
 @dataclass
@@ -57,9 +123,9 @@ class RaoBlackwellConfig:
     """How synthetic outputs are weighted into unit vectors (see the module docstring for the formula).
 
     Attributes:
-        method: within-task weighting: ``manual`` (plain mean), ``uniform`` (every vector equal),
-            ``bertscore`` (proportional to each output's BERTScore F1 against its document),
-            ``softmax`` (softmax of cosine to the anchor over ``temperature``).
+        method: a registered weighting method (:data:`WEIGHTING_METHODS`): ``manual`` (plain mean within a
+            task), ``uniform`` (every vector equal), ``bertscore`` (proportional to each output's BERTScore F1
+            against its document), ``softmax`` (softmax of cosine to the anchor over ``temperature``).
         doc_weight: weight w of the unit's own vector (the document, or the sentence at sentence level);
             the augmenting vectors share 1 − w. Ignored by ``uniform``.
         task_weights: shares α per task name; ratios matter, a task with share 0 is left out.
@@ -73,10 +139,13 @@ class RaoBlackwellConfig:
             sentence (sentence level; needs ``doc_vectors``). 0 turns it off.
         chunk_size: at most this many (unit, output) pairs, and so units, are handled at once: memory
             per chunk is about chunk_size × d floats (the chunk's units and mix), whatever M is.
+        bertscore_layer: ``bertscore`` only: how many of the embedding encoder's layers BERTScore runs
+            (``bert_score``'s ``num_layers``; it has no default for MiniLM or T5 encoders); null: all of them,
+            the last layer, whose states the retrieval vectors pool (``retrieval/bertscore.py``).
     """
 
-    method: Method = "manual"
-    doc_weight: float = 0.75  # best doc-level weight on the SciFact covered subset (test and train queries)
+    method: str = "manual"
+    doc_weight: float = 0.75  # the SciFact covered-subset study's doc-level choice (benchmarks/results/scifact-covered)
     task_weights: dict[str, float] = field(default_factory=lambda: {"question": 0.5, "keywords": 0.5})
     temperature: float = 0.1
     normalise_within: Literal["task", "all"] = "task"
@@ -84,10 +153,10 @@ class RaoBlackwellConfig:
     similarity_to: Literal["unit", "document"] = "unit"
     parent_share: float = 0.0
     chunk_size: int = 65536
+    bertscore_layer: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        WEIGHTING_METHODS.check(self.method, "rao_blackwell.method")
         if not 0.0 <= self.doc_weight <= 1.0:
             raise ValueError(f"doc_weight must lie in [0, 1], got {self.doc_weight}")
         if not self.task_weights:
@@ -109,6 +178,8 @@ class RaoBlackwellConfig:
             raise ValueError(f"parent_share must be non-negative, got {self.parent_share}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
+        if self.bertscore_layer is not None and self.bertscore_layer < 0:
+            raise ValueError(f"bertscore_layer must be a layer count >= 0 or null (the last), got {self.bertscore_layer}")
 
     @property
     def tasks(self) -> list[str]:
@@ -116,8 +187,12 @@ class RaoBlackwellConfig:
         return list(self.task_weights)
 
     @property
+    def weighting(self) -> WeightingMethod:
+        return WEIGHTING_METHODS.get(self.method)()
+
+    @property
     def needs_similarity(self) -> bool:
-        return self.method == "softmax" or self.min_similarity is not None
+        return self.weighting.needs_similarity or self.min_similarity is not None
 
 
 @dataclass
@@ -146,7 +221,8 @@ def rao_blackwellise(unit_vectors: Tensor, unit_to_doc: Tensor, synthetic_vector
         synthetic_doc: (M,) document index of each output, in the same index space as ``unit_to_doc``.
         synthetic_task: (M,) task of each output: names, or codes into ``config.tasks``.
         config: the weighting.
-        synthetic_weights: (M,) non-negative score per output; required by ``bertscore`` (its F1).
+        synthetic_weights: (M,) non-negative score per output; required by a method with an ``output_score``
+            (``bertscore``: each output's F1).
         doc_vectors: (D, d) normalised document vectors, indexed by document; needed at sentence
             level for ``parent_share`` > 0 and for ``similarity_to="document"``.
     """
@@ -239,21 +315,16 @@ def _mix_for_anchors(anchor_doc: Tensor, anchors: Tensor | None, outputs: _Outpu
 
     group = pair_anchor * num_tasks + task if config.normalise_within == "task" else pair_anchor
     num_groups = num_anchors * num_tasks if config.normalise_within == "task" else num_anchors
-    if config.method == "softmax":
-        logits = torch.where(keep, cosine / config.temperature, torch.full_like(cosine, -torch.inf))
-        peak = torch.full((num_groups,), -torch.inf, device=device).scatter_reduce(0, group, logits, "amax")
-        raw = torch.where(keep, torch.exp(logits - peak[group]), torch.zeros_like(logits))
-    elif config.method == "bertscore":
-        raw = torch.where(keep, outputs.score[pair_output], torch.zeros_like(keep, dtype=torch.float32))
-    else:
-        raw = keep.float()
+    method = config.weighting
+    raw = method.pair_scores(keep, cosine, None if outputs.score is None else outputs.score[pair_output], group,
+                             num_groups, config)
 
     # Which tasks are present for each anchor (some kept output with positive score).
     task_mass = torch.zeros(num_anchors * num_tasks, device=device).index_add_(0, pair_anchor * num_tasks + task, raw)
     present = (task_mass > 0).view(num_anchors, num_tasks)
     parent_mass = torch.full((num_anchors,), float(config.parent_share), device=device)
 
-    if config.method == "uniform":
+    if method.equal_weights:
         counted = (raw > 0).float()
         n_vectors = 1.0 + torch.zeros(num_anchors, device=device).index_add_(0, pair_anchor, counted) + (parent_mass > 0)
         coefficient = counted / n_vectors[pair_anchor]
@@ -319,11 +390,12 @@ def _task_codes(synthetic_task: Tensor | Sequence[str], config: RaoBlackwellConf
 
 def _output_scores(synthetic_weights: Tensor | None, config: RaoBlackwellConfig, length: int,
                    device: torch.device) -> Tensor | None:
-    if config.method != "bertscore":
+    needed = config.weighting.output_score
+    if needed is None:
         return None
     if synthetic_weights is None:
-        raise ValueError("method 'bertscore' needs synthetic_weights: each output's BERTScore F1 against its "
-                         "document (retrieval.bertscore.bertscore_f1)")
+        raise ValueError(f"method '{config.method}' needs synthetic_weights: each output's {needed} score "
+                         "(bertscore: its BERTScore F1 against its document, retrieval.bertscore.bertscore_f1)")
     score = torch.as_tensor(synthetic_weights, device=device).float()
     if score.shape != (length,):
         raise ValueError(f"synthetic_weights must have shape ({length},), got {tuple(score.shape)}")

@@ -11,7 +11,15 @@ so a crash never leaves a table that disagrees with itself.
      "rows": [{"system": "bm25", "ndcg@10": 0.6780, "mrr@100": ..., ..., <extra keys>}]}
 
 Metric keys are lower-case ``name@k``; any other key of a row is an ``extra`` (configuration,
-timings) that the JSON keeps and the markdown table leaves out.
+timings) that the JSON keeps and the markdown table leaves out, except ``vs`` (paired comparisons with
+the corpus-only rows, :mod:`retrieval.significance`), which the markdown shows as a marker column.
+
+Rows that carry per-query values (``ResultRow.per_query``) also write ``per_query.json`` beside the
+table: the table's metric columns (and each ``vs`` metric) for every query, so any difference in the
+table can be tested again::
+
+    {"dataset": ..., "split": ..., "metrics": ["ndcg@10", ...], "queries": ["q1", ...],
+     "systems": {"bm25": {"ndcg@10": [0.63, ...], ...}, ...}}   # lists aligned with "queries"; null: not run
 """
 
 from __future__ import annotations
@@ -24,21 +32,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval.io import InputError, write_json_atomic, write_text_atomic
+from core.io import InputError, write_json_atomic, write_text_atomic
+from retrieval.significance import BASELINES, significance_marker, significance_note
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
+PER_QUERY_JSON = "per_query.json"
 DEFAULT_COLUMNS = ("ndcg@10", "mrr@100", "recall@100")
 METRIC_KEY = re.compile(r"^[a-z][a-z0-9_]*@\d+$")
 
 
 @dataclass
 class ResultRow:
-    """One system's scores: ``metrics`` holds ``name@k`` keys, ``extra`` anything else worth keeping."""
+    """One system's scores: ``metrics`` holds ``name@k`` keys, ``extra`` anything else worth keeping,
+    ``per_query`` (optional) ``{query id: {name@k: value}}`` (written to ``per_query.json``)."""
 
     system: str
     metrics: dict[str, float]
     extra: dict[str, Any] = field(default_factory=dict)
+    per_query: dict[str, dict[str, float]] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.system or not isinstance(self.system, str):
@@ -70,10 +82,14 @@ def _format_value(value: float | None) -> str:
 
 def format_table(rows: Sequence[ResultRow], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
     """A markdown table: one line per system, the chosen metric columns, 4 decimals (— when absent)."""
-    header = ["system", *columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
+    marked = any("vs" in row.extra for row in rows)
+    header = ["system", *columns, *([f"vs {' / '.join(BASELINES)}"] if marked else [])]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * len(columns) + (["---"] if marked else [])) + "|"]
     for row in rows:
         cells = [row.system, *(_format_value(row.metrics.get(column)) for column in columns)]
+        if marked:
+            cells.append(significance_marker(row.extra["vs"]) if "vs" in row.extra else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -90,8 +106,54 @@ def write_results(run_dir: Path, dataset: str, split: str, rows: Sequence[Result
         raise ValueError(f"duplicate system names in the results table: {duplicates}")
     run_dir = Path(run_dir)
     payload = {"dataset": dataset, "split": split, "rows": [row.to_json() for row in rows]}
+    per_query = _per_query_payload(dataset, split, rows, columns)
+    if per_query is not None:  # first, so a table never names per-query data that is not there
+        write_json_atomic(run_dir / PER_QUERY_JSON, per_query)
+    else:
+        (run_dir / PER_QUERY_JSON).unlink(missing_ok=True)  # stale: no row of this table has per-query values
     write_json_atomic(run_dir / RESULTS_JSON, payload)
-    write_text_atomic(run_dir / RESULTS_MD, f"# {dataset} ({split})\n\n{format_table(rows, columns)}\n")
+    notes = "".join(f"\n{note}\n" for note in _notes(rows) if note)
+    write_text_atomic(run_dir / RESULTS_MD, f"# {dataset} ({split})\n\n{format_table(rows, columns)}\n{notes}")
+
+
+def _notes(rows: Sequence[ResultRow]) -> list[str]:
+    """What a reader of ``results.md`` needs below the table: the markers, and which rows are the paper's."""
+    kinds = ""
+    if any(row.system.startswith("rb-") for row in rows):
+        kinds = ("Rows: `rb-<method>-doc-*` and `rb-<method>-sentence-*` are the paper's two levels of "
+                 "Rao-Blackwellisation; the `multi` level (`rb-*-multi-*`, `dense-multi`) and `expansion-*` are this "
+                 "project's extension and baselines; `docs/method.md` says which weighting methods and settings "
+                 "depart from the paper.")
+    return [significance_note([row.extra["vs"] for row in rows if "vs" in row.extra]), kinds]
+
+
+def _per_query_payload(dataset: str, split: str, rows: Sequence[ResultRow],
+                       columns: Sequence[str]) -> dict[str, Any] | None:
+    """``per_query.json``'s content: the table's columns and every ``vs`` metric, per query and system."""
+    with_values = [row for row in rows if row.per_query]
+    if not with_values:
+        return None
+    compared = [entry["metric"] for row in rows for entry in row.extra.get("vs", {}).values()]
+    metrics = [m for m in dict.fromkeys([*columns, *compared])
+               if any(m in values for row in with_values for values in row.per_query.values())]
+    queries = sorted({query for row in with_values for query in row.per_query})
+    systems = {row.system: {m: [row.per_query[q].get(m) if q in row.per_query else None for q in queries]
+                            for m in metrics} for row in with_values}
+    return {"dataset": dataset, "split": split, "metrics": metrics, "queries": queries, "systems": systems}
+
+
+def read_per_query(path: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """``per_query.json`` back as ``{system: {query id: {metric: value}}}`` (queries a system did not run left out)."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        queries, metrics = payload["queries"], payload["metrics"]
+        return {system: {q: {m: values[m][i] for m in metrics if values[m][i] is not None}
+                         for i, q in enumerate(queries) if any(values[m][i] is not None for m in metrics)}
+                for system, values in payload["systems"].items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as err:
+        raise InputError(f"not a per-query table ({type(err).__name__}: {err})", path=path,
+                         hint="delete it and rerun the evaluation") from None
 
 
 def read_results(path: Path) -> tuple[str, str, list[ResultRow]]:
@@ -126,6 +188,11 @@ def read_results(path: Path) -> tuple[str, str, list[ResultRow]]:
             else:
                 extra[key] = value
         rows.append(ResultRow(item["system"], metrics, extra))
+    per_query_path = path.with_name(PER_QUERY_JSON)
+    if per_query_path.is_file():  # keep each row's per-query values through a merge
+        per_query = read_per_query(per_query_path)
+        for row in rows:
+            row.per_query = per_query.get(row.system)
     return str(payload["dataset"]), str(payload["split"]), rows
 
 

@@ -23,7 +23,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 import torch
 
-from retrieval.io import InputError, atomic_path
+from core.io import InputError, atomic_path
 
 FORMAT = "selfinstruct-vectors/1"
 _DTYPES = {"float32": ("F32", np.dtype("<f4")), "float16": ("F16", np.dtype("<f2"))}

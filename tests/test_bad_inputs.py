@@ -19,7 +19,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +28,14 @@ import torch
 import yaml
 
 import train
+from core import io as core_io
+from core.record_key import RecordKey
 from helpers import make_tiny_bert2bert, make_tiny_t5, one_thread, tiny_pipeline_profile  # noqa: F401  (fixture)
 from pipeline import layout
-from retrieval import io as retrieval_io
 from retrieval.vectors import read_vector_ids
 
 FIXTURE = Path(__file__).parent / "data" / "tiny_beir"
-SELFINSTRUCT = Path(__file__).parent / "data" / "selfinstruct"
+KEPT = Path(__file__).parent / "data" / "selfinstruct" / "kept.jsonl"
 LONG_CHARS = 100_000
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,7 +145,7 @@ def test_a_100000_character_document_is_truncated_through_generation_and_embeddi
     assert {r["doc_id"] for r in stage2} >= {"long", "titleonly"}
     assert read_vector_ids(base.run / layout.DOCUMENTS).count("long") == 1
     sentence_ids = read_vector_ids(base.run / layout.SENTENCES)
-    assert sum(1 for key in sentence_ids if key.startswith("long")) > 1000  # one unit per sentence
+    assert sum(1 for key in sentence_ids if RecordKey.decode(key).doc_id == "long") > 1000  # one unit per sentence
     encoder = EncoderModule(str(base.run / layout.TUNED_MODEL))
     collator = TextBatchCollator(load_tokenizer(encoder.tokenizer_path), encoder.max_length)
     batch = collator([("long", _long_text(LONG_CHARS))])
@@ -238,32 +239,31 @@ def test_synthetic_file_repeating_a_record(capsys, base: Base, run_dir: Path, tm
 
 
 # ----------------------------------------------------------------------------------- self-instruct / fit
-def _fit_args(model: Path, fit_dir: Path, train_file: Path, val_file: Path) -> list[str]:
+def _fit_args(model: Path, fit_dir: Path, kept: Path, data: Path) -> list[str]:
     config = {"model": {"init_args": {"model_name_or_path": str(model), "max_input_length": 64}},
-              "data": {"init_args": {"train_file": str(train_file), "val_file": str(val_file), "batch_size": 4}},
+              "data": {"init_args": {"kept_file": str(kept), "dataset": {"path": str(data)}, "batch_size": 4}},
               "trainer": {"max_epochs": 1, "logger": False, "enable_progress_bar": False, "default_root_dir":
                           str(fit_dir), "accelerator": "cpu"}}
     return ["fit", "-c", "configs/fit/selfinstruct.yaml", "-c", json.dumps(config)]
 
 
-def test_selfinstruct_file_with_an_empty_target(capsys, base: Base, run_dir: Path, tmp_path: Path) -> None:
-    rows = (SELFINSTRUCT / "train.jsonl").read_text().splitlines()
-    bad = json.loads(rows[3])
-    bad["target"] = "  "
-    train_file = tmp_path / "train.jsonl"
-    train_file.write_text("\n".join([*rows[:3], json.dumps(bad), *rows[4:]]) + "\n")
+def test_kept_records_with_an_empty_target(capsys, base: Base, run_dir: Path, tmp_path: Path) -> None:
+    records = [json.loads(line) for line in KEPT.read_text().splitlines()]
+    records[3]["text"] = "  "
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("".join(json.dumps(r) + "\n" for r in records))
     before = snapshot(run_dir)
-    message = fails(capsys, *_fit_args(base.model, run_dir / layout.FIT_DIR, train_file, SELFINSTRUCT / "val.jsonl"))
-    assert f"{train_file}, line 4, field 'target': empty" in message
+    message = fails(capsys, *_fit_args(base.model, run_dir / layout.FIT_DIR, kept, base.data))
+    assert f"{kept}, field 'text': document '{records[3]['doc_id']}', task 'keywords', sample 0: empty" in message
     assert_untouched(before, run_dir)
 
 
-def test_empty_validation_split(capsys, base: Base, run_dir: Path, tmp_path: Path) -> None:
-    val_file = tmp_path / "val.jsonl"
-    val_file.write_text("\n")
+def test_too_few_kept_documents_for_a_split(capsys, base: Base, run_dir: Path, tmp_path: Path) -> None:
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("".join(KEPT.read_text().splitlines(keepends=True)[:2]))  # one document's records
     before = snapshot(run_dir)
-    message = fails(capsys, *_fit_args(base.model, run_dir / layout.FIT_DIR, SELFINSTRUCT / "train.jsonl", val_file))
-    assert f"{val_file}: no records: the split is empty" in message and "filter kept too little" in message
+    message = fails(capsys, *_fit_args(base.model, run_dir / layout.FIT_DIR, kept, base.data))
+    assert f"{kept}: only 1 document(s) have kept records" in message and "loosen the filter" in message
     assert_untouched(before, run_dir)
 
 
@@ -275,7 +275,7 @@ def test_checkpoint_of_a_different_model(capsys, base: Base, run_dir: Path, tmp_
     """
     t5 = make_tiny_t5(tmp_path / "t5")
     other = run_dir / layout.FIT_DIR / "checkpoints" / "last.ckpt"
-    data = (SELFINSTRUCT / "train.jsonl", SELFINSTRUCT / "val.jsonl")
+    data = (KEPT, base.data)
     before = snapshot(run_dir)
     message = fails(capsys, *_fit_args(t5, tmp_path / "fit", *data), f"--ckpt_path={other}")
     assert f"{other}, field 'ckpt_path': checkpoint of a different model: model_name_or_path is '{base.model}' " \
@@ -361,7 +361,7 @@ def failing_writes(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path, int], Non
     where the file system would report it: at the rename (read-only) or when the data is flushed (full).
     """
     def install(root: Path, code: int) -> None:
-        replace, fsync = os.replace, retrieval_io._fsync
+        replace, fsync = os.replace, core_io._fsync
 
         def failing_replace(src, dst, *args, **kwargs):
             if Path(dst).resolve().is_relative_to(root.resolve()):
@@ -374,7 +374,7 @@ def failing_writes(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path, int], Non
             fsync(path)
 
         monkeypatch.setattr(os, "replace", failing_replace)
-        monkeypatch.setattr(retrieval_io, "_fsync", failing_fsync)
+        monkeypatch.setattr(core_io, "_fsync", failing_fsync)
 
     return install
 

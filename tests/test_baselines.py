@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import train
-from retrieval.baselines import MINILM_HUB_NAME, dataset_label, default_encoder, run_baselines
+from pipeline.baselines import MINILM_HUB_NAME, dataset_label, default_encoder, run_baselines
 from retrieval.results import read_results
 
 TINY_BEIR = Path(__file__).resolve().parent / "data" / "tiny_beir"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from core.io import InputError
 from datamodules import beir
 from datamodules.beir import BeirDataset, Document, load_beir, write_beir
-from retrieval.io import InputError
 
 TINY = Path(__file__).parent / "data" / "tiny_beir"
 HEADER = "query-id\tcorpus-id\tscore\n"

@@ -8,6 +8,7 @@ test: register one (e.g. ``"profiles": <the pipeline's parser>``) when adding a 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import json
@@ -17,11 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_modules.cli import parse_lightning_config
+from core.paper import PAPER_TUNING, TuningSettings
+from pipeline.commands import command_parser
+from pipeline.fit import parse_lightning_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # required data paths, so that a fragment that does not set them still parses (nothing is read)
-FIT_BASE = json.dumps({"data": {"init_args": {"train_file": "train.jsonl", "val_file": "val.jsonl"}}})
+FIT_BASE = json.dumps({"data": {"init_args": {"kept_file": "kept.jsonl", "dataset": {"path": "beir"}}}})
 
 
 def parse_lightning(path: Path) -> None:
@@ -30,8 +33,6 @@ def parse_lightning(path: Path) -> None:
 
 def parse_stage_command(command: str) -> Callable[[Path], None]:
     def parse(path: Path) -> None:
-        from train import command_parser
-
         command_parser(command).parse_args(["--config", str(path)])
 
     return parse
@@ -51,8 +52,6 @@ def parse_dataclass(module: str, name: str) -> Callable[[Path], None]:
 
 def parse_data_fragment(path: Path) -> None:
     """A configs/data/ fragment composes onto a full pipeline profile (the paper's) and replaces its data."""
-    from train import command_parser
-
     base = CONFIGS / "profiles" / "paper-flan-t5-base.yaml"
     config = command_parser("pipeline").parse_args(["--config", str(base), "--config", str(path)])
     assert str(config.data.path) == yaml.safe_load(path.read_text())["data"]["path"]
@@ -60,8 +59,6 @@ def parse_data_fragment(path: Path) -> None:
 
 def parse_budget_layer(path: Path) -> None:
     """A configs/budget/ layer composes onto the offline profile and changes only what it names."""
-    from train import command_parser
-
     base = CONFIGS / "profiles" / "offline.yaml"
     parser = command_parser("pipeline")
     plain, layered = (parser.parse_args(args) for args in (["--config", str(base)],
@@ -113,17 +110,32 @@ def test_fragments_compose_with_each_preset_and_profile() -> None:
         for key, value in expected_model.items():
             assert config.model.init_args[key] == value, (trainer.name, model.name, key)
         assert config.trainer.accelerator == yaml.safe_load(trainer.read_text())["trainer"]["accelerator"]
-        assert config.trainer.max_epochs == 30 and config.early_stopping.patience == 5
+        assert config.trainer.max_epochs == PAPER_TUNING.max_epochs
+        assert config.early_stopping.patience == PAPER_TUNING.patience
 
 
-def test_defaults_are_the_papers_without_any_yaml(tmp_path: Path) -> None:
+def _paper_settings(config) -> dict:
+    return {"optimizer": config.model.init_args.optimizer, "learning_rate": config.model.init_args.learning_rate,
+            "batch_size": config.data.init_args.batch_size, "max_epochs": config.trainer.max_epochs,
+            "monitor": config.early_stopping.monitor, "patience": config.early_stopping.patience}
+
+
+def test_defaults_are_the_papers_written_once(tmp_path: Path) -> None:
+    """The paper's settings come from core.paper alone: the same without any YAML and with selfinstruct.yaml,
+    which does not restate them."""
     config = parse_lightning_config(["fit", "--config", FIT_BASE, "--trainer.default_root_dir", str(tmp_path)]).fit
+    assert _paper_settings(config) == dataclasses.asdict(PAPER_TUNING)
+    assert PAPER_TUNING == TuningSettings(optimizer="adafactor", learning_rate=1e-4, batch_size=16, max_epochs=30,
+                                          monitor="val/loss", patience=5)  # Zeng et al. 2024
+    with_yaml = parse_lightning_config(["fit", "--config", FIT_BASE, "--config",
+                                        str(CONFIGS / "fit" / "selfinstruct.yaml")]).fit
+    assert _paper_settings(with_yaml) == dataclasses.asdict(PAPER_TUNING)
+    restated = yaml.safe_load((CONFIGS / "fit" / "selfinstruct.yaml").read_text())
+    flat = json.dumps(restated)
+    assert not any(f'"{key}"' in flat for key in ("optimizer", "learning_rate", "batch_size", "max_epochs",
+                                                  "patience", "monitor"))
     assert config.model.class_path == "lightning_modules.seq2seq.Seq2SeqModule"
-    assert config.model.init_args.optimizer == "adafactor" and config.model.init_args.learning_rate == 1e-4
-    assert config.data.init_args.batch_size == 16
-    assert config.trainer.max_epochs == 30
-    assert (config.early_stopping.monitor, config.early_stopping.patience, config.early_stopping.mode) == \
-        ("val/loss", 5, "min")
+    assert config.early_stopping.mode == "min"
     assert (config.checkpoint.monitor, config.checkpoint.save_top_k) == ("val/loss", 1)
     assert (config.last_checkpoint.monitor, config.last_checkpoint.filename) == (None, "last")
     assert config.trainer.logger.class_path == "callbacks.wandb_logger.OfflineFirstWandbLogger"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import train
+from core.io import InputError
 from datamodules.beir import load_beir
 from datamodules.downsample import (KEPT_DOCS_FILE, KEPT_QUERIES_FILE, DataConfig, DownsampleConfig, downsample,
                                     load_dataset_from_config, seeded_choice)
-from retrieval.io import InputError
 
 TINY = Path(__file__).parent / "data" / "tiny_beir"
 DEMO = Path(__file__).parent.parent / "data" / "scifact-demo"
@@ -137,7 +137,7 @@ def test_downsample_command_writes_a_loadable_slice_with_its_synthetic_records(t
 
 
 def test_downsample_command_refuses_to_overwrite_its_source(tmp_path):
-    from datamodules.downsample import downsample_command
+    from pipeline.downsample import downsample_command
 
     with pytest.raises(InputError, match="output is the source folder"):
         downsample_command(TINY, TINY / ".")

@@ -13,11 +13,11 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from callbacks.vector_writer import VectorWriter
+from core.io import InputError
 from datamodules.embedding import TextsDataModule, plan_order
 from helpers import CrashAfter, make_tiny_bert, one_thread  # noqa: F401 (a fixture)
 from lightning_modules.encoder import EncoderModule
-from retrieval.embed import embed_texts
-from retrieval.io import InputError
+from pipeline.embed import embed_texts
 from retrieval.vectors import load_vectors, read_vector_ids, save_vectors
 
 WORDS = "cell protein gene tumour dose patient cohort risk mouse assay receptor signal".split()

@@ -10,7 +10,7 @@ import torch
 
 from callbacks.vector_writer import VectorWriter
 from helpers import make_tiny_bert
-from retrieval.embed import embed_texts
+from pipeline.embed import embed_texts
 from retrieval.vectors import load_vectors, read_vector_ids, save_vectors
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import make_tiny_bert, one_thread, sigkill_then_resume  # noqa: F401 (a fixture)
-from retrieval.embed import embed_texts
+from pipeline.embed import embed_texts
 from retrieval.vectors import read_vector_ids
 
 WORDS = "cell protein gene tumour dose patient cohort risk mouse assay receptor signal".split()

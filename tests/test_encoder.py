@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, BertConfig, EncoderDecoderModel, T5ForCo
 
 from helpers import make_tiny_bert, make_tiny_bert2bert, make_tiny_t5, minilm_path
 from lightning_modules.encoder import EncoderModule, mean_pool
-from retrieval.embed import embed_texts
+from pipeline.embed import embed_texts
 
 TEXTS = [
     "Aspirin lowers the risk of a second heart attack.",

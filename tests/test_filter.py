@@ -1,5 +1,5 @@
-"""The quality filter: each rule keeps one case and drops another; report counts; the document split;
-the round trip with the real MiniLM; the sample table written to a file and to a W&B logger."""
+"""The quality filter: each rule keeps one case and drops another; rules run in registered order; report
+counts; the round trip with the real MiniLM; the filter stage's files; the sample table (file and W&B)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 
 from callbacks.tables import log_table, table_path
 from datamodules.beir import load_beir
-from datamodules.prompts import PromptTemplates
-from retrieval.filter import RULES, FilterConfig, FilterResult, filter_records, sample_rows, split_documents, \
-    write_selfinstruct
-from retrieval.synthetic import SyntheticRecord
+from pipeline.filter_stage import encoder_embedder, run_filter, sample_rows
+from retrieval.filter import FILTER_RULES, FilterConfig, FilterResult, filter_records
+from retrieval.synthetic import SyntheticRecord, read_synthetic
+
+RULES = FILTER_RULES.names()
 
 TINY_BEIR = Path(__file__).parent / "data" / "tiny_beir"
 TEXT_RULES = FilterConfig(roundtrip=False)
@@ -64,6 +65,13 @@ def test_each_rule_keeps_and_drops(dataset, rule: str, record: SyntheticRecord, 
     assert result.kept == ([] if dropped else [record])
 
 
+def test_rules_run_in_registered_order() -> None:
+    """The order is the report's and the one a record's first failed rule is found in: cheap text checks
+    first, the duplicate check only among texts that passed them, the round trip (an encoder) last."""
+    assert RULES == ["empty", "length", "question_form", "keyword_list", "repetition", "copy", "duplicate",
+                     "roundtrip"]
+
+
 def test_a_rule_turned_off_keeps_what_it_would_drop(dataset) -> None:
     statement = Q("Vitamin D does not prevent fractures.")
     copy = Q("Vitamin D supplementation alone did not reduce hip fractures in adults over 65?")
@@ -98,41 +106,10 @@ def test_first_failed_rule_is_reported_and_counts_add_up(dataset) -> None:
 def test_unknown_document_and_bad_config_are_refused(dataset) -> None:
     with pytest.raises(KeyError, match="not in the corpus"):
         filter_records([Q("What?", doc_id="nope")], dataset, TEXT_RULES)
-    with pytest.raises(ValueError, match="val_fraction"):
-        FilterConfig(val_fraction=1.0)
     with pytest.raises(ValueError, match="unknown task"):
         FilterConfig(roundtrip_tasks=["summary"])
     with pytest.raises(ValueError, match="needs an encoder"):
         filter_records([Q("Does vitamin D prevent fractures?")], dataset, FilterConfig())
-
-
-def _result(records: list[SyntheticRecord]) -> FilterResult:
-    return FilterResult(records, [], {"total": len(records), "kept": len(records), "per_rule": {"length": 0},
-                                      "documents_kept": len({r.doc_id for r in records})})
-
-
-def test_split_is_by_document_seeded_and_deterministic(dataset, tmp_path: Path) -> None:
-    records = [rec for d in dataset.doc_ids for rec in (Q(f"What about {d}?", d), K(f"{d}, topic", d))]
-    report = write_selfinstruct(_result(records), dataset, PromptTemplates(), tmp_path / "selfinstruct", 0.25, seed=3)
-    rows = {name: [json.loads(line) for line in (tmp_path / "selfinstruct" / f"{name}.jsonl").open()]
-            for name in ("train", "val")}
-    train_docs, val_docs = ({r["doc_id"] for r in rows[n]} for n in ("train", "val"))
-    assert not train_docs & val_docs and len(val_docs) == 5 and len(train_docs) == 15
-    assert report["split"]["val"] == {"records": 10, "documents": 5, "per_task": {"question": 5, "keywords": 5}}
-    first = rows["train"][0]
-    doc = dataset.corpus[first["doc_id"]]
-    assert set(first) == {"doc_id", "task", "sample_idx", "instruction", "target"}
-    assert first["instruction"] == PromptTemplates().render(first["task"], doc.title, doc.text)
-    assert json.loads((tmp_path / "filter_report.json").read_text())["split"]["train"]["documents"] == 15
-    assert split_documents(dataset.doc_ids, 0.25, seed=3) == (train_docs, val_docs)
-    assert split_documents(list(reversed(dataset.doc_ids)), 0.25, seed=3) == (train_docs, val_docs)
-    assert split_documents(dataset.doc_ids, 0.25, seed=4) != (train_docs, val_docs)
-
-
-def test_too_few_documents_is_a_clear_error(dataset, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"only 1 document\(s\) kept.*Rule 'length'"):
-        write_selfinstruct(_result([Q("What?"), K("a, b")]), dataset, PromptTemplates(), tmp_path / "s", 0.5, 0)
-    assert not (tmp_path / "s").exists()
 
 
 def test_roundtrip_with_minilm_keeps_own_document_and_drops_another(dataset, tmp_path: Path) -> None:
@@ -143,15 +120,20 @@ def test_roundtrip_with_minilm_keeps_own_document_and_drops_another(dataset, tmp
     off_topic = Q("Does staying awake all night impair recall of word pairs?", "d16")  # d16: perovskite solar cells
     keywords = K("sleep deprivation, memory", "d16")  # not checked: only questions are round-tripped here
     config = FilterConfig(roundtrip_k=2, roundtrip_tasks=["question"])
-    result = filter_records([on_topic, off_topic, keywords], dataset, config, encoder=encoder, work_dir=tmp_path)
+    result = filter_records([on_topic, off_topic, keywords], dataset, config, encoder_embedder(encoder),
+                            work_dir=tmp_path)
     assert result.kept == [on_topic, keywords]
     assert result.dropped == [(off_topic, "roundtrip")]
     assert result.report["roundtrip_checked"] == 2
     # the corpus vectors are cached in work_dir for the next pass
     assert any(p.name.startswith("roundtrip-corpus") for p in tmp_path.iterdir())
-    # config.encoder takes precedence over the pipeline's encoder; keywords are round-tripped when listed
+    # the stage: config.encoder takes precedence over the pipeline's encoder; keywords are round-tripped when
+    # listed; the kept records and the report are written, the report last
     both = replace(config, encoder=encoder, roundtrip_tasks=["question", "keywords"])
-    assert filter_records([keywords], dataset, both, encoder="not-used", work_dir=tmp_path).kept == []
+    kept, report = tmp_path / "kept.jsonl", tmp_path / "report.json"
+    written = run_filter([on_topic, keywords], dataset, both, tmp_path, kept, report, encoder="not-used")
+    assert read_synthetic(kept) == [on_topic] and json.loads(report.read_text()) == written
+    assert written["per_rule"]["roundtrip"] == 1 and (tmp_path / "tables" / "filter-samples.md").is_file()
 
 
 def test_sample_rows_and_table_file(tmp_path: Path) -> None:
@@ -193,3 +175,17 @@ def test_default_yaml_matches_the_dataclass() -> None:
     parser.add_argument("--filter", type=FilterConfig)
     parsed = parser.parse_args(["--filter", str(Path(__file__).parents[1] / "configs" / "filter" / "default.yaml")])
     assert parser.instantiate_classes(parsed).filter == FilterConfig()
+
+
+def test_filter_file_command_writes_the_kept_records_and_the_report(tmp_path: Path) -> None:
+    import train
+    from pipeline import layout
+
+    synthetic = tmp_path / "made-elsewhere.jsonl"
+    records = [Q("What about vitamin D and fractures?"), Q("Fractures?", "d02"), K("gut, microbiota", "d02")]
+    synthetic.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+    report = train.main(["filter-file", "--synthetic", str(synthetic), "--data.path", str(TINY_BEIR),
+                         "--run_dir", str(tmp_path / "run"), "--filter.roundtrip", "false"])
+    assert (report["total"], report["kept"], report["per_rule"]["length"]) == (3, 2, 1)
+    assert read_synthetic(tmp_path / "run" / layout.STAGE1_KEPT) == [records[0], records[2]]
+    assert json.loads((tmp_path / "run" / layout.FILTER_REPORT).read_text()) == report

@@ -17,12 +17,13 @@ from safetensors.torch import load_file
 
 from callbacks.wandb_logger import OfflineFirstWandbLogger, choose_wandb_mode
 from helpers import make_tiny_t5, one_thread  # noqa: F401 (a fixture)
-from lightning_modules.cli import fit_selfinstruct, run_lightning_cli
 from lightning_modules.seq2seq import Seq2SeqModule
+from pipeline.fit import fit_selfinstruct, run_lightning_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FIT_CONFIGS = [ROOT / "configs" / "fit" / "selfinstruct.yaml", ROOT / "configs" / "fit" / "csv_logger.yaml"]
-DATA = ROOT / "tests" / "data" / "selfinstruct"
+KEPT = ROOT / "tests" / "data" / "selfinstruct" / "kept.jsonl"  # 20 documents x 2 tasks
+TINY_BEIR = ROOT / "tests" / "data" / "tiny_beir"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -31,14 +32,16 @@ def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_t5(tmp_path_factory.mktemp("model") / "t5")
 
 
-def _config(run_dir: Path, model: Path, *, lr: float, max_epochs: int, patience: int = 5,
-            train: Path = DATA / "train.jsonl", val: Path = DATA / "val.jsonl", batch_size: int = 4) -> dict:
+def _config(run_dir: Path, model: Path, *, lr: float, max_epochs: int, patience: int = 5, kept: Path = KEPT,
+            val_fraction: float = 0.3, batch_size: int = 4) -> dict:
+    """With the default kept file: 14 training documents (28 records), 6 validation documents (12 records)."""
     return {"trainer": {"default_root_dir": str(run_dir), "max_epochs": max_epochs, "accelerator": "cpu",
                         "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
                         "log_every_n_steps": 1},
             "model": {"init_args": {"model_name_or_path": str(model), "learning_rate": lr,
                                     "decoding": {"max_new_tokens": 4}}},
-            "data": {"init_args": {"train_file": str(train), "val_file": str(val), "batch_size": batch_size,
+            "data": {"init_args": {"kept_file": str(kept), "dataset": {"path": str(TINY_BEIR)},
+                                   "val_fraction": val_fraction, "batch_size": batch_size,
                                    "max_input_length": 48, "cache_dir": str(run_dir.parent / "datasets-cache")}},
             "early_stopping": {"patience": patience},
             "generation_samples": {"num_examples": 2}}
@@ -56,20 +59,26 @@ def _val_losses(run_dir: Path, version: int) -> dict[int, float]:
         return {int(row["epoch"]): float(row["val/loss"]) for row in csv.DictReader(handle) if row["val/loss"]}
 
 
+def _train_losses(run_dir: Path, version: int) -> list[float]:
+    with open(run_dir / "logs" / "csv" / f"version_{version}" / "metrics.csv", encoding="utf-8") as handle:
+        return [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+
+
 def _adafactor_steps(optimizer_state: dict) -> set[int]:
     return {int(state["step"]) for state in optimizer_state["state"].values()}
 
 
 def test_overfitting_a_few_examples_lowers_the_loss_and_saves_the_best_model(tmp_path: Path, tiny_t5: Path) -> None:
-    few = tmp_path / "few.jsonl"
-    few.write_text("".join((DATA / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:4]),
-                   encoding="utf-8")
+    few = tmp_path / "few.jsonl"  # two documents: one to train on, one to validate on
+    few.write_text("".join(KEPT.read_text(encoding="utf-8").splitlines(keepends=True)[:4]), encoding="utf-8")
     run_dir = tmp_path / "run"
-    model_dir = fit_selfinstruct(*FIT_CONFIGS, _config(run_dir, tiny_t5, lr=3e-2, max_epochs=12, train=few, val=few))
+    model_dir = fit_selfinstruct(*FIT_CONFIGS, _config(run_dir, tiny_t5, lr=3e-2, max_epochs=12, kept=few,
+                                                       val_fraction=0.5, patience=12))  # unseen val document
 
     losses = _val_losses(run_dir, 0)
     assert sorted(losses) == list(range(12))
-    assert losses[11] < 0.5 * losses[0], losses
+    train_losses = _train_losses(run_dir, 0)
+    assert len(train_losses) == 12 and train_losses[-1] < 0.5 * train_losses[0], train_losses
     summary = json.loads((run_dir / "fit_summary.json").read_text())
     assert summary["best_val_loss"] == pytest.approx(min(losses.values()), rel=1e-5)
     assert summary["model_dir"] == str(model_dir) == str(run_dir.resolve() / "model")

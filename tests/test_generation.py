@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from callbacks.synthetic_writer import GenerationProgressBar, SyntheticTextWriter, record_key
+from callbacks.synthetic_writer import GenerationProgressBar, SyntheticTextWriter
+from core.io import InputError
+from core.record_key import RecordKey
+from core.tasks import TASKS
 from datamodules.beir import BeirDataset, load_beir
 from datamodules.generation import GenerationDataModule, Prompts
-from datamodules.prompts import TASKS, PromptTemplates
+from datamodules.prompts import PromptTemplates
 from helpers import CrashAfter, make_tiny_bert2bert, make_tiny_t5, one_thread  # noqa: F401 (a fixture)
 from lightning_modules.decoding import DecodingConfig
 from lightning_modules.seq2seq import Seq2SeqModule
-from retrieval.generate import generate_synthetic, meta_path
-from retrieval.io import InputError
+from pipeline.generate import generate_synthetic, meta_path
 from retrieval.synthetic import SyntheticRecord, read_synthetic, write_synthetic
 
 TINY_BEIR = Path(__file__).resolve().parent / "data" / "tiny_beir"
@@ -68,7 +70,7 @@ def test_batches_are_length_sorted_carry_ids_truncate_and_skip(dataset: BeirData
     module = Seq2SeqModule(str(models["t5"]))
     skip = {("d03", "question"), ("d05", "keywords")}
     datamodule = GenerationDataModule(dataset, PromptTemplates(), TASKS, batch_size=6, max_input_length=48, skip=skip)
-    datamodule.connect(module.tokenizer, module.max_input_length)
+    datamodule.connect(module)
     datamodule.setup("predict")
     batches = list(datamodule.predict_dataloader())
     seen = [key for batch in batches for key in zip(batch["doc_id"], batch["task"])]
@@ -91,11 +93,13 @@ def test_bad_documents_tasks_and_lengths_are_clear_errors(dataset: BeirDataset, 
         GenerationDataModule(dataset, tasks=("question", "summary"))
     with pytest.raises(InputError, match="no documents"):
         GenerationDataModule([])
-    with pytest.raises(RuntimeError, match="no tokenizer"):
+    with pytest.raises(RuntimeError, match="no generator"):
         GenerationDataModule(dataset).setup("predict")
+    with pytest.raises(TypeError, match="GeneratorModule"):
+        GenerationDataModule(dataset).connect(object())
     datamodule = GenerationDataModule(dataset, max_input_length=1024)
     with pytest.raises(ValueError, match="exceeds the model's max_input_length=512"):
-        datamodule.connect(Seq2SeqModule(str(models["t5"])).tokenizer, 512)
+        datamodule.connect(Seq2SeqModule(str(models["t5"])))
 
 
 # ----- the stage -----------------------------------------------------------------------------------
@@ -161,7 +165,7 @@ def test_finished_output_is_reused_and_a_changed_input_regenerates(tmp_path: Pat
 
 
 def test_merge_keeps_the_first_copy_in_canonical_order_and_refuses_a_gap(tmp_path: Path) -> None:
-    order = [record_key(d, "question", 0) for d in ("a", "b", "c")]
+    order = [RecordKey(d, "question", 0).encode() for d in ("a", "b", "c")]
     writer = SyntheticTextWriter(tmp_path / "out.jsonl", stage=1, order=order, fingerprint="fp")
     writer.parts_dir.mkdir(parents=True)
 

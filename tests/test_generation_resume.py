@@ -19,7 +19,7 @@ import pytest
 from datamodules.beir import load_beir
 from helpers import make_tiny_t5, one_thread, sigkill_then_resume  # noqa: F401 (a fixture)
 from lightning_modules.decoding import DecodingConfig
-from retrieval.generate import generate_synthetic
+from pipeline.generate import generate_synthetic
 
 TINY_BEIR = Path(__file__).resolve().parent / "data" / "tiny_beir"
 DECODING = DecodingConfig(num_samples=2, max_new_tokens=12, seed=7)

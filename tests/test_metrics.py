@@ -40,7 +40,8 @@ def pytrec_reference(qrels: dict, run: dict, ks: list[int]) -> dict[str, dict[st
 def assert_equals_pytrec(qrels: dict, run: dict, ks: list[int], ignore_identical_ids: bool = False) -> None:
     """Ours equals pytrec_eval per query and on the mean; with ``ignore_identical_ids`` the reference gets
     the run with each query's own id removed, as BEIR removes it before calling pytrec_eval."""
-    ours_mean, ours = evaluate_run(qrels, run, ks, ignore_identical_ids=ignore_identical_ids, per_query=True)
+    ours_mean = evaluate_run(qrels, run, ks, ignore_identical_ids=ignore_identical_ids, per_query=True)
+    ours = ours_mean.per_query
     if ignore_identical_ids:
         run = {qid: {doc: score for doc, score in hits.items() if doc != qid} for qid, hits in run.items()}
     reference = pytrec_reference(qrels, run, ks)
@@ -51,6 +52,8 @@ def assert_equals_pytrec(qrels: dict, run: dict, ks: list[int], ignore_identical
     for key in ours_mean:
         mean = sum(row[key] for row in reference.values()) / len(reference)
         assert ours_mean[key] == pytest.approx(mean, abs=1e-6), key
+        own_mean = sum(row[key] for row in ours.values()) / len(ours)  # the per-query values average to the mean
+        assert ours_mean[key] == pytest.approx(own_mean, abs=1e-12), key
 
 
 def random_case(rng: random.Random) -> tuple[dict, dict]:
@@ -106,11 +109,13 @@ def test_ideal_dcg_uses_every_judged_document_and_short_runs_keep_k_as_denominat
 def test_which_queries_are_averaged() -> None:
     qrels = {"judged": {"a": 1}, "only_zero": {"a": 0}, "not_run": {"a": 1}, "empty_qrels": {}}
     run = {"judged": {"a": 1.0}, "only_zero": {"a": 1.0}, "empty_qrels": {"a": 1.0}, "unjudged": {"a": 1.0}}
-    means, table = evaluate_run(qrels, run, [10], per_query=True)
+    means = evaluate_run(qrels, run, [10], per_query=True)
+    table = means.per_query
     reference = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
     assert set(table) == set(reference) == {"judged", "only_zero"}, "grade-0-only queries count (as 0), like pytrec_eval"
     assert means["ndcg@10"] == pytest.approx(0.5)
-    zero_means, zero_table = evaluate_run(qrels, run, [10], per_query=True, missing_as_zero=True)
+    zero_means = evaluate_run(qrels, run, [10], per_query=True, missing_as_zero=True)
+    zero_table = zero_means.per_query
     assert zero_means["ndcg@10"] == pytest.approx(1 / 3) and zero_table["not_run"]["ndcg@10"] == 0.0
     assert list(means) == [f"{name}@10" for name in METRICS]
     with pytest.raises(ValueError, match="no judged query appears in the run"):

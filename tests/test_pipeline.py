@@ -108,9 +108,9 @@ def test_a_stage_alone_needs_its_inputs(tmp_path: Path, profile: Path) -> None:
 def test_fit_logger_folder_with_a_relative_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    wandb: bool) -> None:
     """A relative ``--run_dir``: the tuning logger writes in the run directory, not in ``fit/<run_dir>``."""
-    from lightning_modules.cli import _inside
     from pipeline.config import LoggerConfig
-    from pipeline.pipeline import PipelineContext
+    from pipeline.context import PipelineContext
+    from pipeline.fit import _inside
 
     monkeypatch.chdir(tmp_path)
     unused = dict.fromkeys(["data", "model", "prompts", "stage1", "generation", "filter", "fit", "embed",
@@ -128,7 +128,7 @@ def test_copied_or_touched_data_reruns_nothing(finished_run: tuple[Path, list], 
     import os
     import shutil
 
-    from pipeline.pipeline import _file_signature
+    from core.fingerprint import file_signature as _file_signature
 
     run_dir, _ = finished_run
     copy = shutil.copytree(FIXTURE, tmp_path / "elsewhere" / FIXTURE.name, copy_function=shutil.copyfile)
@@ -150,6 +150,22 @@ def test_sweep_stage_chooses_whose_outputs_the_plot_uses(finished_run: tuple[Pat
     sweep = json.loads((run_dir / layout.SWEEP_JSON).read_text())
     assert sweep["stage"] == "stage1" and set(sweep["ndcg@10"]) >= {"manual", "uniform"}
     _run(profile, run_dir)  # restore, so test order does not matter
+
+
+def test_sources_and_methods_are_chosen_by_registered_name() -> None:
+    """``stage1.source`` and ``evaluate.methods`` name registry entries; a wrong name lists the choices."""
+    from pipeline.config import EvaluateConfig, Stage1Config
+    from pipeline.sources import STAGE1_SOURCES
+    from retrieval.rao_blackwell import WEIGHTING_METHODS
+
+    assert STAGE1_SOURCES.names() == ["self", "extractive", "file"]
+    assert [STAGE1_SOURCES.get(name).collective for name in STAGE1_SOURCES] == [True, False, False]
+    with pytest.raises(ValueError, match="stage1.source: unknown stage-1 source 'mine'; choose from self, "
+                                         "extractive, file"):
+        Stage1Config(source="mine")
+    assert EvaluateConfig().methods == WEIGHTING_METHODS.names() == ["manual", "uniform", "bertscore", "softmax"]
+    with pytest.raises(ValueError, match="evaluate.methods: unknown weighting method 'mean'"):
+        EvaluateConfig(methods=["manual", "mean"])
 
 
 def test_forced_bf16_reruns_the_model_stages_and_records_it(finished_run: tuple[Path, list], profile: Path,

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.runner import Stage, run_stages
+from pipeline.runner import Stage, StageOutcome, execute_plan, plan_stages
+
+
+def run_stages(stages: list[Stage], run_dir: Path, only: list[str] | None = None,
+               force: tuple[str, ...] = ()) -> list[StageOutcome]:
+    """Plan, then execute, in one process (what ``run_pipeline`` does around its checks)."""
+    return execute_plan(plan_stages(stages, run_dir, only, force), run_dir)
 
 
 def _chain(run_dir: Path, settings: dict[str, int], calls: list[str]) -> list[Stage]:

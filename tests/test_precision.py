@@ -13,7 +13,7 @@ from helpers import make_tiny_bert, one_thread  # noqa: F401 (a fixture)
 from lightning_modules import precision as precision_module
 from lightning_modules.precision import (cpu_bf16_support, precision_identity, resolve_precision,
                                          resolve_trainer_precision)
-from retrieval.embed import embed_texts
+from pipeline.embed import embed_texts
 from retrieval.vectors import read_vector_metadata
 
 WORDS = "cell protein gene tumour dose patient cohort risk mouse assay receptor signal kinase".split()

@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retrieval.rao_blackwell import METHODS, RaoBlackwellConfig, _mix_for_anchors, _Outputs, rao_blackwellise
+from retrieval.rao_blackwell import WEIGHTING_METHODS, RaoBlackwellConfig, WeightingMethod, _mix_for_anchors, _Outputs, rao_blackwellise
+
+METHODS = WEIGHTING_METHODS.names()
 
 E1, E2, E3 = torch.eye(3)
 
@@ -90,6 +92,27 @@ def test_bertscore_weights_are_proportional_to_the_given_scores():
         rao_blackwellise(**question_pair(), config=config)
     with pytest.raises(ValueError, match="non-negative"):
         rao_blackwellise(**question_pair(), config=config, synthetic_weights=torch.tensor([0.6, -0.2]))
+
+
+def test_a_method_is_one_registered_class_that_declares_what_it_needs(monkeypatch: pytest.MonkeyPatch):
+    """What adding a weighting method takes (docs/architecture.md): a WeightingMethod registered under a name.
+    Its declared per-output score is demanded by name; configs accept it; unknown names list the choices."""
+    class ByLength(WeightingMethod):
+        output_score = "length"
+
+        def pair_scores(self, keep, cosine, output_score, group, num_groups, config):
+            return torch.where(keep, output_score, torch.zeros_like(output_score))
+
+    monkeypatch.setitem(WEIGHTING_METHODS._entries, "length", ByLength)  # registered for this test only
+    config = RaoBlackwellConfig(method="length", doc_weight=0.5)
+    out = rao_blackwellise(**question_pair(), config=config, synthetic_weights=torch.tensor([3.0, 1.0]))
+    expected = 0.5 * E1 + 0.5 * (0.75 * unit(0.6, 0.8, 0) + 0.25 * E2)
+    torch.testing.assert_close(out[0], expected / expected.norm())
+    with pytest.raises(ValueError, match="method 'length' needs synthetic_weights: each output's length score"):
+        rao_blackwellise(**question_pair(), config=config)
+    monkeypatch.delitem(WEIGHTING_METHODS._entries, "length")
+    with pytest.raises(ValueError, match="unknown weighting method 'length'; choose from manual, uniform, bertscore"):
+        RaoBlackwellConfig(method="length")
 
 
 def question_and_keywords() -> dict:

@@ -10,12 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import train
 from benchmarks import rb_sweep
 from helpers import make_tiny_bert2bert, one_thread, tiny_pipeline_profile  # noqa: F401  (fixture)
 from pipeline import layout
+from pipeline.evaluation import Evaluator
 
 FIXTURE = Path(__file__).parent / "data" / "tiny_beir"
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
@@ -90,33 +92,36 @@ def test_sweep_reproduces_pipeline_rows_and_sources_differ(finished_run: list[st
 
 def test_sources_select_the_outputs_they_name(finished_run: list[str]) -> None:
     ctx = rb_sweep.load_context(finished_run)
-    evaluator = rb_sweep.SweepEvaluator(ctx, ctx.run_dir / "cache" / "sweep")
+    evaluator = Evaluator(ctx)
+    sources = rb_sweep.SweepSources(evaluator, ctx.run_dir / "cache" / "sweep")
     kept = evaluator.synthetic("stage1")
     raw = len((ctx.run_dir / layout.STAGE1).read_text().splitlines())
-    assert evaluator.register(rb_sweep.Source(stages=("stage1",))) == "stage1"  # the pipeline's own outputs
-    unfiltered = evaluator.synthetic(evaluator.register(rb_sweep.Source(stages=("stage1",), filtered=False)))
+    assert sources.name(rb_sweep.Source(stages=("stage1",))) == "stage1"  # the pipeline's own outputs
+    unfiltered = evaluator.synthetic(sources.name(rb_sweep.Source(stages=("stage1",), filtered=False)))
     assert len(kept.texts) < raw == len(unfiltered.texts)
-    first = evaluator.synthetic(evaluator.register(rb_sweep.Source(stages=("stage2",), samples=(0,))))
-    assert 0 < len(first.texts) < len(evaluator.synthetic("stage2").texts)
-    strict = evaluator.synthetic(evaluator.register(rb_sweep.Source(stages=("stage1",), roundtrip_k=1)))
+    first = evaluator.synthetic(sources.name(rb_sweep.Source(stages=("stage2",), samples=(0,))))
+    assert 0 < len(first.texts) < len(evaluator.synthetic("stage2").texts) and (first.sample_idx == 0).all()
+    strict = evaluator.synthetic(sources.name(rb_sweep.Source(stages=("stage1",), roundtrip_k=1)))
     scores = strict.vectors @ evaluator.documents.T
     assert (scores.argmax(1) == strict.doc).all()  # each kept output retrieves its own document first
-    both = rb_sweep.Source(stages=("stage1", "stage2"))
-    weights = evaluator.bertscore_weights(evaluator.register(both))
+    both = sources.name(rb_sweep.Source(stages=("stage1", "stage2")))
+    weights = evaluator.output_scores(both, "bertscore")  # the parts' scores, concatenated
     assert len(weights) == len(kept.texts) + len(evaluator.synthetic("stage2").texts)
+    assert weights.equal(torch.cat([evaluator.output_scores("stage1", "bertscore"),
+                                    evaluator.output_scores("stage2", "bertscore")]))
 
 
 def test_subcorpus_scores_only_queries_judged_inside(finished_run: list[str], tmp_path: Path) -> None:
     ctx = rb_sweep.load_context(finished_run)
-    everything = rb_sweep.SweepEvaluator(ctx, tmp_path)
-    full = everything.score_units(everything.doc_units())
-    same = rb_sweep.SweepEvaluator(ctx, tmp_path, keep_docs=set(everything.doc_ids))
-    assert same.score_units(same.doc_units()) == full
+    everything = Evaluator(ctx)
+    full = everything.score_units(everything.units("doc"))
+    same = Evaluator(ctx, keep_docs=set(everything.doc_ids))
+    assert same.score_units(same.units("doc")) == full
     judged = {d for docs in everything.dataset.qrels.values() for d in docs}
     keep = judged | set(everything.doc_ids[:3])
-    part = rb_sweep.SweepEvaluator(ctx, tmp_path, keep_docs=keep)
+    part = Evaluator(ctx, keep_docs=keep)
     assert all(all(d in keep for d in docs) for docs in part.dataset.qrels.values())
-    scores = part.score_units(part.doc_units())  # fewer distractors: relevant documents only move up
+    scores = part.score_units(part.units("doc"))  # fewer distractors: relevant documents only move up
     assert 0.0 <= scores["ndcg@10"] <= 1.0 and scores["ndcg@10"] >= full["ndcg@10"] - 1e-9
 
 
@@ -130,7 +135,7 @@ def test_dense_multi_is_the_multi_level_without_synthetic_outputs(finished_run: 
     import dataclasses
 
     ctx = rb_sweep.load_context(finished_run)
-    evaluator = rb_sweep.SweepEvaluator(ctx, ctx.run_dir / "cache" / "sweep")
+    evaluator = Evaluator(ctx)
     plain = evaluator.corpus_only_units("multi")
     assert len(plain.vectors) == len(evaluator.sentences.vectors) + len(evaluator.doc_ids)
     assert plain.vectors[-len(evaluator.doc_ids):].equal(evaluator.documents)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.io import InputError
+from core.io import InputError
 from retrieval.results import ResultRow, format_table, read_results, update_results, write_results
 
 BM25 = ResultRow("bm25", {"ndcg@10": 0.67804, "mrr@100": 0.641, "recall@100": 0.92533, "map@10": 0.63},

@@ -25,15 +25,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from core.io import InputError
 from helpers import TINY_T5_TOKENIZER, TOKENIZER_FILES, make_tiny_t5
 from lightning_modules.encoder import EncoderModule
 from lightning_modules.loading import load_pretrained, load_tokenizer
 from lightning_modules.seq2seq import Seq2SeqModule
 from pipeline.preflight import check_paths
-from retrieval.io import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_CODE = ("train.py", "lightning_modules", "datamodules", "callbacks", "retrieval", "pipeline", "benchmarks",
+PROJECT_CODE = ("train.py", "core", "lightning_modules", "datamodules", "callbacks", "retrieval", "pipeline", "benchmarks",
                 "tests")
 REMOTE_CODE = '''import pathlib
 pathlib.Path(__file__).with_name("EXECUTED").write_text("remote code ran")
@@ -87,10 +87,10 @@ def test_saved_models_are_safetensors_only(tmp_path: Path) -> None:
 
 
 def test_fit_loads_lightning_checkpoints_with_weights_only() -> None:
-    from lightning_modules.cli import parse_lightning_config
+    from pipeline.fit import parse_lightning_config
 
     config = parse_lightning_config(["fit", "--model.init_args.model_name_or_path", "unused",
-                                     "--data.init_args.train_file", "t.jsonl", "--data.init_args.val_file", "v.jsonl"])
+                                     "--data.init_args.kept_file", "k.jsonl", "--data.init_args.dataset.path", "beir"])
     assert config.fit.weights_only is True
 
 

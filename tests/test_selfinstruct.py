@@ -1,32 +1,40 @@
-"""SelfInstructDataModule: padded batches with ignored label padding, global batch split, caching, precise errors."""
+"""SelfInstructDataModule: the document split of the kept records, padded batches with ignored label padding,
+the global batch split, caching, precise errors."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
-from datamodules.selfinstruct import (SelfInstructDataModule, _Tokenise, per_device_batch_size,
-                                      tokenizer_fingerprint)
-from helpers import TINY_T5_TOKENIZER, minilm_path
-from retrieval.io import InputError
+from core.io import InputError
+from datamodules.beir import load_beir
+from datamodules.downsample import DataConfig
+from datamodules.prompts import PromptTemplates
+from datamodules.selfinstruct import SelfInstructDataModule, per_device_batch_size, split_documents, write_split
+from helpers import TINY_T5_TOKENIZER, make_tiny_t5, minilm_path, one_thread  # noqa: F401 (a fixture)
+from lightning_modules.loading import tokenizer_fingerprint
+from lightning_modules.seq2seq import ExampleEncoder, Seq2SeqModule
+from retrieval.synthetic import SyntheticRecord, read_synthetic, write_synthetic
 
-DATA = Path(__file__).resolve().parent / "data" / "selfinstruct"
-TRAIN, VAL = DATA / "train.jsonl", DATA / "val.jsonl"
+ROOT = Path(__file__).resolve().parent
+KEPT = ROOT / "data" / "selfinstruct" / "kept.jsonl"
+TINY_BEIR = ROOT / "data" / "tiny_beir"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(TINY_T5_TOKENIZER)
+def generator(tmp_path_factory: pytest.TempPathFactory) -> Seq2SeqModule:
+    return Seq2SeqModule(str(make_tiny_t5(tmp_path_factory.mktemp("model") / "t5")))
 
 
-def _module(tmp_path: Path, tokenizer, train: Path = TRAIN, val: Path = VAL, model_max: int = 512,
-            **kwargs) -> SelfInstructDataModule:
-    data = SelfInstructDataModule(str(train), str(val), cache_dir=str(tmp_path / "cache"), **kwargs)
-    data.connect(tokenizer, model_max)
+def _module(tmp_path: Path, generator: Seq2SeqModule, kept: Path = KEPT, **kwargs) -> SelfInstructDataModule:
+    kwargs = {"val_fraction": 0.3, "split_dir": str(tmp_path / "split"), "cache_dir": str(tmp_path / "cache"),
+              **kwargs}
+    data = SelfInstructDataModule(str(kept), DataConfig(path=TINY_BEIR), **kwargs)
+    data.connect(generator)
     return data
 
 
@@ -34,11 +42,38 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_batches_are_padded_with_label_padding_ignored_and_ids_carried(tmp_path: Path, tokenizer) -> None:
-    data = _module(tmp_path, tokenizer, batch_size=4, max_input_length=24, max_target_length=8)
+def test_split_is_by_document_seeded_and_rendered_from_the_kept_records(tmp_path: Path) -> None:
+    corpus = load_beir(TINY_BEIR).corpus
+    summary = write_split(KEPT, corpus, PromptTemplates(), tmp_path, 0.25, seed=3)
+    rows = {name: _records(tmp_path / f"{name}.jsonl") for name in ("train", "val")}
+    train_docs, val_docs = ({r["doc_id"] for r in rows[n]} for n in ("train", "val"))
+    assert not train_docs & val_docs and len(val_docs) == 5 and len(train_docs) == 15
+    assert summary["val"] == {"records": 10, "documents": 5, "per_task": {"question": 5, "keywords": 5}}
+    assert json.loads((tmp_path / "split.json").read_text()) == json.loads(json.dumps(summary))
+    first = rows["train"][0]
+    kept = {(r.doc_id, r.task): r.text for r in read_synthetic(KEPT)}
+    doc = corpus[first["doc_id"]]
+    assert set(first) == {"doc_id", "task", "sample_idx", "instruction", "target"}
+    assert first["instruction"] == PromptTemplates().render(first["task"], doc.title, doc.text)
+    assert first["target"] == kept[(first["doc_id"], first["task"])]
+    assert split_documents(list(corpus), 0.25, seed=3) == (train_docs, val_docs)
+    assert split_documents(list(reversed(corpus)), 0.25, seed=3) == (train_docs, val_docs)
+    assert split_documents(list(corpus), 0.25, seed=4) != (train_docs, val_docs)
+    # an unchanged split is not rewritten (its arrow cache stays valid); a changed one is
+    before = (tmp_path / "val.jsonl").stat().st_mtime_ns
+    write_split(KEPT, corpus, PromptTemplates(), tmp_path, 0.25, seed=3)
+    assert (tmp_path / "val.jsonl").stat().st_mtime_ns == before
+    write_split(KEPT, corpus, PromptTemplates(), tmp_path, 0.25, seed=4)
+    assert {r["doc_id"] for r in _records(tmp_path / "val.jsonl")} != val_docs
+
+
+def test_batches_are_padded_with_label_padding_ignored_and_ids_carried(tmp_path: Path, generator) -> None:
+    data = _module(tmp_path, generator, batch_size=4, max_input_length=24, max_target_length=8)
+    data.prepare_data()
     data.setup("fit")
     batch = next(iter(data.val_dataloader()))
-    records = _records(VAL)[:4]
+    records = _records(tmp_path / "split" / "val.jsonl")[:4]
+    tokenizer = generator.tokenizer
     assert batch["doc_id"] == [r["doc_id"] for r in records] and batch["task"] == [r["task"] for r in records]
     assert batch["input_ids"].shape == (4, 24)  # every instruction is longer than 24 tokens: cut to the limit
     lengths = batch["attention_mask"].sum(dim=1)
@@ -52,8 +87,9 @@ def test_batches_are_padded_with_label_padding_ignored_and_ids_carried(tmp_path:
         assert (batch["input_ids"][row, lengths[row]:] == tokenizer.pad_token_id).all()
 
 
-def test_dynamic_padding_pads_to_the_longest_row_only(tmp_path: Path, tokenizer) -> None:
-    data = _module(tmp_path, tokenizer, batch_size=2, max_target_length=64)
+def test_dynamic_padding_pads_to_the_longest_row_only(tmp_path: Path, generator) -> None:
+    data = _module(tmp_path, generator, batch_size=2, max_target_length=64)
+    data.prepare_data()
     data.setup("fit")
     widths = {batch["input_ids"].shape[1] for batch in data.val_dataloader()}
     assert len(widths) > 1  # batches differ in width: no padding to a fixed length
@@ -69,57 +105,59 @@ def test_global_batch_is_split_over_devices_and_accumulation() -> None:
         per_device_batch_size(16, 3, 1)
 
 
-def test_missing_empty_and_bad_splits_name_the_file_line_and_field(tmp_path: Path, tokenizer) -> None:
+def test_missing_bad_and_too_small_kept_files_name_the_file(tmp_path: Path, generator) -> None:
     with pytest.raises(InputError, match="missing.jsonl.*file not found"):
-        _module(tmp_path, tokenizer, val=tmp_path / "missing.jsonl").setup("fit")
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("\n")
-    with pytest.raises(InputError, match="empty.jsonl.*split is empty"):
-        _module(tmp_path, tokenizer, val=empty).setup("fit")
-    records = _records(VAL)[:3]
-    records[1]["target"] = "  "
+        _module(tmp_path, generator, kept=tmp_path / "missing.jsonl").prepare_data()
+    records = read_synthetic(KEPT)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("".join(json.dumps(r) + "\n" for r in records))
-    with pytest.raises(InputError, match=r"bad.jsonl, line 2, field 'target': empty"):
-        _module(tmp_path, tokenizer, train=bad).setup("fit")
-    records[1]["target"], records[2]["sample_idx"] = "fine", "0"
-    bad.write_text("".join(json.dumps(r) + "\n" for r in records))
-    with pytest.raises(InputError, match=r"line 3, field 'sample_idx': expected int"):
-        _module(tmp_path, tokenizer, train=bad).setup("fit")
+    bad.write_text(KEPT.read_text().replace('"task": "keywords"', '"task": "summary"', 1))
+    with pytest.raises(InputError, match=r"bad.jsonl, line 2, field 'task': unknown task 'summary'"):
+        _module(tmp_path, generator, kept=bad).prepare_data()
+    write_synthetic(bad, [*records[:3], SyntheticRecord("d03", "keywords", " ")])
+    with pytest.raises(InputError, match=r"bad.jsonl, field 'text': document 'd03', task 'keywords'.*empty"):
+        _module(tmp_path, generator, kept=bad).prepare_data()
+    write_synthetic(bad, records[:2])
+    with pytest.raises(InputError, match=r"bad.jsonl: only 1 document\(s\).*needs at least 2.*filter_report.json"):
+        _module(tmp_path, generator, kept=bad).prepare_data()
+    with pytest.raises(ValueError, match="val_fraction"):
+        SelfInstructDataModule(str(KEPT), DataConfig(path=TINY_BEIR), val_fraction=1.0)
 
 
-def test_tokenised_split_is_read_back_from_the_cache(tmp_path: Path, tokenizer, monkeypatch) -> None:
-    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
-    shutil.copy(TRAIN, train)
-    shutil.copy(VAL, val)
-    first = _module(tmp_path, tokenizer, train=train, val=val)
+def test_tokenised_split_is_read_back_from_the_cache(tmp_path: Path, generator, monkeypatch) -> None:
+    kept = tmp_path / "kept.jsonl"
+    kept.write_bytes(KEPT.read_bytes())
+    first = _module(tmp_path, generator, kept=kept)
     first.prepare_data()  # what one process per node runs before the others' setup
-    expected = first._load_split(str(val))["input_ids"]
+    expected = first._load_split("val")["input_ids"]
 
     def no_tokenising(self, batch):
         raise AssertionError("tokenised again although the cache holds this split")
 
-    monkeypatch.setattr(_Tokenise, "__call__", no_tokenising)
-    second = _module(tmp_path, tokenizer, train=train, val=val)
+    monkeypatch.setattr(ExampleEncoder, "__call__", no_tokenising)
+    second = _module(tmp_path, generator, kept=kept)
+    second.prepare_data()  # the same split: files unchanged, caches hit
     second.setup("fit")
     assert second.datasets["val"]["input_ids"] == expected
-    val.write_text(val.read_text(encoding="utf-8").replace("known", "said"), encoding="utf-8")  # a new file
+    kept.write_text(kept.read_text(encoding="utf-8").replace("known", "said"), encoding="utf-8")  # new targets
     with pytest.raises(AssertionError, match="tokenised again"):
-        _module(tmp_path, tokenizer, train=train, val=val).setup("fit")
+        _module(tmp_path, generator, kept=kept).prepare_data()
 
 
-def test_tokenizer_fingerprint_ignores_truncation_state(tokenizer) -> None:
+def test_tokenizer_fingerprint_ignores_truncation_state() -> None:
+    tokenizer = AutoTokenizer.from_pretrained(TINY_T5_TOKENIZER)
     before = tokenizer_fingerprint(tokenizer)
     tokenizer(["a b c d e f g"], truncation=True, max_length=3, padding="max_length")
     assert tokenizer_fingerprint(tokenizer) == before
     assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(minilm_path())) != before
 
 
-def test_input_limit_cannot_exceed_the_models_and_a_tokenizer_is_required(tmp_path: Path, tokenizer) -> None:
-    with pytest.raises(ValueError, match="exceeds the model's max_input_length=16"):
-        _module(tmp_path, tokenizer, model_max=16, max_input_length=32)
-    unconnected = SelfInstructDataModule(str(TRAIN), str(VAL))
-    with pytest.raises(RuntimeError, match="no tokenizer"):
+def test_input_limit_cannot_exceed_the_models_and_a_generator_is_required(tmp_path: Path, generator) -> None:
+    with pytest.raises(ValueError, match="exceeds the model's max_input_length=512"):
+        _module(tmp_path, generator, max_input_length=1024)
+    unconnected = SelfInstructDataModule(str(KEPT), DataConfig(path=TINY_BEIR), split_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="no generator"):
         unconnected.setup("fit")
+    with pytest.raises(TypeError, match="GeneratorModule"):
+        unconnected.connect(object())
     with pytest.raises(ValueError, match="not 'predict'"):
-        _module(tmp_path, tokenizer).setup("predict")
+        _module(tmp_path, generator).setup("predict")

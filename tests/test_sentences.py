@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from datamodules.sentences import split_sentences, sentence_units
+from core.record_key import RecordKey
+from retrieval.sentences import sentence_units, split_sentences
+
+
+def key(doc_id: str, index: int) -> str:
+    return RecordKey(doc_id, "sentence", index).encode()
+
 
 HARD_CASES = [
     ("Drugs such as aspirin, e.g. in high doses, reduce risk. This was shown in trials.", 2),
@@ -39,10 +45,11 @@ def test_short_fragments_join_their_neighbour() -> None:
 
 def test_sentence_units_prefix_the_title_and_number_sentences() -> None:
     units = sentence_units("d1", "A  title", "One sentence is here. Another sentence is there.")
-    assert units == [("d1#0", "A title One sentence is here."), ("d1#1", "A title Another sentence is there.")]
+    assert units == [(key("d1", 0), "A title One sentence is here."), (key("d1", 1), "A title Another sentence is there.")]
 
 
 def test_sentence_units_without_text_or_title() -> None:
-    assert sentence_units("d2", "Only a title", "") == [("d2#0", "Only a title")]
-    assert sentence_units("d3", "", "Text without a title here.") == [("d3#0", "Text without a title here.")]
+    assert sentence_units("d2", "Only a title", "") == [(key("d2", 0), "Only a title")]
+    assert sentence_units("d3", "", "Text without a title here.") == [(key("d3", 0), "Text without a title here.")]
+    assert RecordKey.decode(sentence_units("doc#1|x", "T", "")[0][0]).doc_id == "doc#1|x"  # any id survives
     assert sentence_units("d4", "", "  ") == []

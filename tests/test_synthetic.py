@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.io import InputError
-from retrieval.synthetic import (SyntheticRecord, load_file_source, read_beir_gen_queries, read_synthetic,
-                                 write_synthetic)
+from core.io import InputError
+from datamodules.synthetic_files import load_file_source, read_beir_gen_queries
+from retrieval.synthetic import SyntheticRecord, expansion_texts, read_synthetic, write_synthetic
 
 
 def _write_lines(path: Path, objects: list[dict]) -> Path:
@@ -107,3 +107,10 @@ def test_beir_gen_queries_errors(tmp_path: Path) -> None:
     renamed.write_text(queries.read_text(encoding="utf-8"), encoding="utf-8")
     with pytest.raises(InputError, match="pass qrels_path"):
         read_beir_gen_queries(renamed)
+
+
+def test_expansion_appends_a_documents_questions_only() -> None:
+    records = [SyntheticRecord("d1", "question", "Why?"), SyntheticRecord("d1", "keywords", "a, b"),
+               SyntheticRecord("d1", "question", "How?", 1)]
+    assert expansion_texts([("d1", "Text one."), ("d2", "Text two.")], records) == [
+        ("d1", "Text one. Why? How?"), ("d2", "Text two.")]

@@ -1,11 +1,10 @@
-"""Rebuild train.jsonl / val.jsonl: the tiny BEIR corpus as self-instruct pairs in the filter's format.
+"""Rebuild kept.jsonl: one question and one keyword list per tiny BEIR document, as the filter keeps them.
 
-    /work/venv/bin/python tests/data/selfinstruct/build.py
+    python tests/data/selfinstruct/build.py
 
-Instructions are the default prompt templates rendered on each document (as the filter writes them);
-targets are written from the title, in the shape a good generator would give (a question, a keyword
-list), so the pairs are learnable but carry no claim about any model. Documents d01-d14 are train,
-d15-d20 val (disjoint, as the filter's document split is).
+Targets are written from the title, in the shape a good generator would give (a question, a keyword
+list), so the pairs the self-instruct DataModule builds from them are learnable but carry no claim
+about any model.
 """
 
 from __future__ import annotations
@@ -16,24 +15,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 
-from datamodules.prompts import PromptTemplates  # noqa: E402
-from retrieval.io import iter_jsonl, write_jsonl_atomic  # noqa: E402
+from core.io import iter_jsonl  # noqa: E402
+from retrieval.synthetic import SyntheticRecord, write_synthetic  # noqa: E402
 
 
 def main() -> None:
-    templates = PromptTemplates()
-    rows = {"train": [], "val": []}
+    records = []
     for _, doc in iter_jsonl(HERE.parent / "tiny_beir" / "corpus.jsonl"):
         title = doc.get("title") or doc["text"].split(".")[0]
-        split = "train" if doc["_id"] <= "d14" else "val"
-        targets = {"question": f"What is known about {title[0].lower() + title[1:]}?",
-                   "keywords": ", ".join(word.strip(",.").lower() for word in title.split()[:5])}
-        for task, target in targets.items():
-            rows[split].append({"doc_id": doc["_id"], "task": task, "sample_idx": 0,
-                                "instruction": templates.render(task, doc.get("title", ""), doc["text"]),
-                                "target": target})
-    for split, records in rows.items():
-        write_jsonl_atomic(HERE / f"{split}.jsonl", records)
+        records.append(SyntheticRecord(doc["_id"], "question", f"What is known about {title[0].lower() + title[1:]}?",
+                                       model="tests/data/selfinstruct/build.py"))
+        records.append(SyntheticRecord(doc["_id"], "keywords",
+                                       ", ".join(word.strip(",.").lower() for word in title.split()[:5]),
+                                       model="tests/data/selfinstruct/build.py"))
+    write_synthetic(HERE / "kept.jsonl", records)
 
 
 if __name__ == "__main__":

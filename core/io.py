@@ -47,6 +47,10 @@ class OutputError(OSError):
         return str(self.strerror)
 
 
+class ModelNotAvailableError(OSError):
+    """A model name that is neither a local folder nor fetchable from the hub right now."""
+
+
 # Errors that only a write can raise: from inside a writing block they are reported as write failures.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
@@ -134,6 +138,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def jsonl_bytes(records: Iterable[dict[str, Any]]) -> bytes:
+    """The bytes :func:`write_jsonl_atomic` writes for ``records`` (to compare before rewriting a file)."""
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
 
 
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:

@@ -19,8 +19,8 @@ from typing import Any, Literal
 from datamodules.beir import BeirDataset
 from datamodules.downsample import DataConfig, load_dataset_from_config
 from lightning_modules.loading import resolve_model_source
+from pipeline.embed import embed_texts
 from retrieval.bm25 import BM25Config, bm25_search
-from retrieval.embed import embed_texts
 from retrieval.metrics import evaluate_run
 from retrieval.results import DEFAULT_COLUMNS, ResultRow, format_table, update_results
 from retrieval.search import SearchConfig
@@ -66,8 +66,9 @@ def _timed_row(system: str, dataset: BeirDataset, search: SearchConfig, extra: d
                retrieve: Callable[[], dict[str, dict[str, float]]]) -> ResultRow:
     start = time.perf_counter()
     run = retrieve()
-    metrics = evaluate_run(dataset.qrels, run, ignore_identical_ids=search.ignore_identical_ids)
-    return ResultRow(system, metrics, {**extra, "wall_s": round(time.perf_counter() - start, 1)})
+    metrics = evaluate_run(dataset.qrels, run, ignore_identical_ids=search.ignore_identical_ids, per_query=True)
+    return ResultRow(system, dict(metrics), {**extra, "wall_s": round(time.perf_counter() - start, 1)},
+                     per_query=metrics.per_query)
 
 
 def run_baselines(data: DataConfig, output_dir: Path | None = None, encoder: str | None = None,

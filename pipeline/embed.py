@@ -11,7 +11,6 @@ model or text is never served stale vectors.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,19 +22,12 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks.vector_writer import VectorWriter
+from core.fingerprint import items_hash, stable_hash
+from core.io import InputError
 from datamodules.embedding import TextsDataModule, check_items
 from lightning_modules.encoder import EncoderModule
 from lightning_modules.precision import precision_identity
-from retrieval.io import InputError
 from retrieval.vectors import load_vectors, read_vector_ids, read_vector_metadata, save_vectors
-
-
-def items_fingerprint(items: Sequence[tuple[str, str]]) -> str:
-    """A hash of every id and text, in order."""
-    digest = hashlib.sha256()
-    for key, text in items:
-        digest.update(key.encode("utf-8") + b"\0" + text.encode("utf-8") + b"\0")
-    return digest.hexdigest()
 
 
 def _is_complete(output: Path, ids: list[str], tag: str) -> bool:
@@ -80,7 +72,7 @@ def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, 
     check_items(items)  # before hashing: a bad item gets its clear error, not an AttributeError
     module = encoder if isinstance(encoder, EncoderModule) else EncoderModule(encoder)
     ids = [key for key, _ in items]
-    fingerprint = hashlib.sha256(f"{module.fingerprint()}:{items_fingerprint(items)}".encode()).hexdigest()[:16]
+    fingerprint = stable_hash([module.fingerprint(), items_hash(items)])
     precision = precision_identity(trainer_kwargs).get("precision")  # None in float32 (older files keep their tag)
     tag = f"{fingerprint}-{dtype}" + (f"-{precision}" if precision else "")
     if _is_complete(output, ids, tag):

@@ -1,18 +1,17 @@
 """Sentence splitting for sentence-level vectors (a document scores by its best sentence).
 
-Splitter: BlingFire (``blingfire``, pip, offline, a compiled finite-state model). Compared on
-the 5,183 SciFact abstracts with pySBD (both rule-based and offline; NLTK's punkt needs a
-data download): BlingFire kept "e.g.", "et al.", "Fig. 2", "P < 0.05" and decimals together
-in 11 of 12 hand-written hard cases (pySBD 10), split after an abbreviation 6 times in the
-corpus (pySBD 9), never inside a decimal (pySBD 4), left 101 fragments under 15 characters
-(pySBD 533), and took 1.5 s for the corpus (pySBD 66 s). Its remaining fragments are mostly
-section labels ("Results.") and list numbers ("1."); pieces of fewer than
-``MIN_WORDS`` words are joined to the next sentence so no unit is a lone label.
+Splitter: BlingFire (``blingfire``, pip, offline, a compiled finite-state model), chosen over pySBD
+for keeping abbreviations and decimals together, leaving fewer fragments and speed (the comparison on
+SciFact: ``benchmarks/results/notes/docstring-measurements.md``). Its remaining fragments are mostly
+section labels ("Results.") and list numbers ("1."); pieces of fewer than ``MIN_WORDS`` words are
+joined to the next sentence so no unit is a lone label.
 """
 
 from __future__ import annotations
 
 import blingfire
+
+from core.record_key import SENTENCE, RecordKey
 
 MIN_WORDS = 3
 
@@ -41,7 +40,8 @@ def split_sentences(text: str) -> list[str]:
 
 
 def sentence_units(doc_id: str, title: str, text: str) -> list[tuple[str, str]]:
-    """``[(f"{doc_id}#{i}", title + " " + sentence), ...]``: the units embedded for sentence-level search.
+    """``[(RecordKey(doc_id, "sentence", i).encode(), title + " " + sentence), ...]``: the units embedded for
+    sentence-level search.
 
     The title is prepended to every sentence (the reference figures in the data README used
     this). A document without text gets one unit, its title; one without either gets none.
@@ -49,5 +49,6 @@ def sentence_units(doc_id: str, title: str, text: str) -> list[tuple[str, str]]:
     title = " ".join((title or "").split())
     sentences = split_sentences(text or "")
     if not sentences:
-        return [(f"{doc_id}#0", title)] if title else []
-    return [(f"{doc_id}#{i}", f"{title} {sentence}" if title else sentence) for i, sentence in enumerate(sentences)]
+        return [(RecordKey(doc_id, SENTENCE, 0).encode(), title)] if title else []
+    return [(RecordKey(doc_id, SENTENCE, i).encode(), f"{title} {sentence}" if title else sentence)
+            for i, sentence in enumerate(sentences)]

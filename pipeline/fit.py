@@ -1,8 +1,10 @@
 """``python train.py fit|validate -c ...``: LightningCLI for instruction tuning, with the paper's settings as defaults.
 
-Defaults (Zeng et al. 2024): transformers' Adafactor at a fixed lr 1e-4 (the module's default), global
-batch 16, at most 30 epochs, early stopping when ``val/loss`` has not improved for 5 epochs. Every
-default is a config key, so YAML fragments (``-c configs/fit/selfinstruct.yaml -c configs/model/... -c
+Defaults (Zeng et al. 2024, ``core.paper.PAPER_TUNING``): transformers' Adafactor at a fixed lr 1e-4 (the
+module's default), global batch 16 (the DataModule's), at most 30 epochs, early stopping when ``val/loss`` has
+not improved for 5 epochs (set here). Any :class:`GeneratorModule` is tuned (``model.class_path``, default
+:class:`Seq2SeqModule`) on :class:`SelfInstructDataModule` (the filter's kept records, split by document).
+Every default is a config key, so YAML fragments (``-c configs/fit/selfinstruct.yaml -c configs/model/... -c
 configs/trainer/gpu.yaml``) or ``--key value`` flags change it.
 
 One run directory, ``trainer.default_root_dir`` (default ``runs/fit``), holds everything a fit writes:
@@ -11,6 +13,7 @@ One run directory, ``trainer.default_root_dir`` (default ``runs/fit``), holds ev
 * ``checkpoints/``: ``last.ckpt`` (after every validation) and the best one by ``val/loss``;
 * ``model/``: the best model as safetensors + tokenizer, for stage 2 (:class:`callbacks.save_best.SaveBestPretrained`),
   and ``fit_summary.json``;
+* ``selfinstruct/``: the train/val split (unless ``data.split_dir`` puts it elsewhere);
 * ``wandb/`` or CSV logs: a logger's relative ``save_dir`` is taken inside the run directory;
 * ``tables/fit-samples.md``: generated validation samples per epoch.
 
@@ -23,6 +26,7 @@ The pipeline calls :func:`fit_selfinstruct`, the same path as the command line.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import warnings
@@ -39,21 +43,24 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from callbacks.generation_samples import GenerationSamples
 from callbacks.save_best import SaveBestPretrained
 from callbacks.wandb_logger import OfflineFirstWandbLogger
+from core.io import InputError, write_text_atomic
+from core.paper import PAPER_TUNING
 from datamodules.selfinstruct import SelfInstructDataModule
+from lightning_modules.generator import GeneratorModule
 from lightning_modules.seq2seq import Seq2SeqModule
-from retrieval.io import InputError, write_text_atomic
 
 DEFAULT_RUN_DIR = "runs/fit"
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 PAPER_TRAINER_DEFAULTS: dict[str, Any] = {
-    "max_epochs": 30,
+    "max_epochs": PAPER_TUNING.max_epochs,
     "default_root_dir": DEFAULT_RUN_DIR,
     "enable_autolog_hparams": False,  # the resolved config (which holds the module's arguments) is logged instead
 }
 PAPER_CALLBACK_DEFAULTS: dict[str, Any] = {
-    "early_stopping.monitor": "val/loss", "early_stopping.mode": "min", "early_stopping.patience": 5,
-    "checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_top_k": 1,
+    "early_stopping.monitor": PAPER_TUNING.monitor, "early_stopping.mode": "min",
+    "early_stopping.patience": PAPER_TUNING.patience,
+    "checkpoint.monitor": PAPER_TUNING.monitor, "checkpoint.mode": "min", "checkpoint.save_top_k": 1,
     "checkpoint.save_last": False, "checkpoint.auto_insert_metric_name": False,
     "checkpoint.filename": "best-epoch={epoch}-val_loss={val/loss:.4f}",
     # Lightning 2.6 writes `save_last` only when a top-k checkpoint is saved at the same step, so with
@@ -62,10 +69,6 @@ PAPER_CALLBACK_DEFAULTS: dict[str, Any] = {
     "last_checkpoint.monitor": None, "last_checkpoint.save_top_k": 1, "last_checkpoint.filename": "last",
     "last_checkpoint.enable_version_counter": False,
 }
-
-
-MODEL_IDENTITY = ("model_name_or_path", "warm_start_encoder", "tokenizer_name_or_path", "decoder_layers")
-"""Seq2SeqModule arguments that decide which model (architecture and starting weights) a checkpoint holds."""
 
 
 def _same_source(saved: Any, configured: Any) -> bool:
@@ -87,7 +90,8 @@ def check_checkpoint_model(ckpt_path: str | os.PathLike, model: Namespace) -> No
     if not saved:
         return
     configured = model.get("init_args") or Namespace()
-    differences = [(key, saved.get(key), configured.get(key)) for key in MODEL_IDENTITY
+    identity = _generator_class(model.get("class_path")).identity_args
+    differences = [(key, saved.get(key), configured.get(key)) for key in identity
                    if not _same_source(saved.get(key), configured.get(key))]
     if saved.get("_class_path") not in (None, model.get("class_path")):
         differences.insert(0, ("class_path", saved.get("_class_path"), model.get("class_path")))
@@ -97,6 +101,14 @@ def check_checkpoint_model(ckpt_path: str | os.PathLike, model: Namespace) -> No
                          hint="resuming restores the checkpoint's model: pass the checkpoint of a run of the "
                               "configured model, configure the checkpoint's model, or start fresh (drop --ckpt_path, "
                               "or delete that checkpoint)")
+
+
+def _generator_class(class_path: str | None) -> type[GeneratorModule]:
+    """The class a ``model.class_path`` names (jsonargparse resolved and checked it while parsing)."""
+    if not class_path:
+        return Seq2SeqModule
+    module_name, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -142,14 +154,14 @@ def _resolve_run_paths(config: Namespace) -> None:
 
 
 class SelfInstructCLI(LightningCLI):
-    """LightningCLI over :class:`Seq2SeqModule` and :class:`SelfInstructDataModule` with the paper's defaults."""
+    """LightningCLI over any :class:`GeneratorModule` and :class:`SelfInstructDataModule` with the paper's defaults."""
 
     def __init__(self, args: Sequence[str] | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("trainer_defaults", {**PAPER_TRAINER_DEFAULTS,
                                                "logger": {"class_path": f"{OfflineFirstWandbLogger.__module__}."
                                                                         f"{OfflineFirstWandbLogger.__name__}"}})
         super().__init__(
-            Seq2SeqModule, SelfInstructDataModule, subclass_mode_model=True, subclass_mode_data=True,
+            GeneratorModule, SelfInstructDataModule, subclass_mode_model=True, subclass_mode_data=True,
             save_config_callback=SaveRunConfig, seed_everything_default=0,
             auto_configure_optimizers=False,  # one way to pick the optimizer: the module's `optimizer` argument
             args=args, **kwargs)

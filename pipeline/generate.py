@@ -22,59 +22,44 @@ new ``.meta.json`` is written, and only then are the parts deleted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.synthetic_writer import GenerationProgressBar, SyntheticTextWriter, record_key
+from callbacks.synthetic_writer import GenerationProgressBar, SyntheticTextWriter
+from core.fingerprint import items_hash, stable_hash
+from core.io import InputError, file_sha256, write_json_atomic
+from core.record_key import RecordKey
+from core.tasks import TASKS
 from datamodules.generation import Documents, GenerationDataModule, Prompts, check_tasks, document_triples
-from datamodules.prompts import TASKS, PromptTemplates
-from datamodules.selfinstruct import tokenizer_fingerprint
+from datamodules.prompts import PromptTemplates
 from lightning_modules.decoding import DecodingConfig
+from lightning_modules.generator import GeneratorModule
 from lightning_modules.precision import precision_identity
 from lightning_modules.seq2seq import Seq2SeqModule
-from retrieval.embed import items_fingerprint
-from retrieval.io import InputError, file_sha256, write_json_atomic
 
 FORMAT_VERSION = 1
 """Bump when records change meaning for the same inputs, so old outputs and parts are not reused."""
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 over every parameter and buffer (name, dtype, shape, bytes): the same weights, the same hash.
-
-    Hashes the weights themselves rather than a path, so a model tuned in memory or re-saved to the
-    same folder is told apart. About a second per GB.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}\0".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
-def run_fingerprint(module: Seq2SeqModule, prompts: Prompts, stage: int, max_input_length: int,
+def run_fingerprint(module: GeneratorModule, prompts: Prompts, stage: int, max_input_length: int,
                     precision: dict[str, str] | None = None) -> str:
     """What decides the records: weights, tokenizer, decoding, label, prompts, tasks, input length, stage and
-    a precision other than float32 (``precision_identity``)."""
-    settings = {**(precision or {}), "format": FORMAT_VERSION, "stage": stage,
-                "weights": weights_fingerprint(module.model), "tokenizer": tokenizer_fingerprint(module.tokenizer),
+    a precision other than float32 (``precision_identity``: float32 runs keep their keys)."""
+    settings = {**(precision or {}), "format": FORMAT_VERSION, "stage": stage, **module.fingerprint(),
                 "decoding": asdict(module.decoding),
                 "model": module.model_label, "tasks": list(prompts.tasks), "max_input_length": max_input_length,
-                "prompts": items_fingerprint((record_key(doc_id, task, 0), prompt)
-                                             for (doc_id, task), prompt in prompts)}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+                "prompts": items_hash((RecordKey(doc_id, task, 0).encode(), prompt)
+                                      for (doc_id, task), prompt in prompts)}
+    return stable_hash(settings)
 
 
 class RecordOrder(Sequence):
@@ -94,10 +79,10 @@ class RecordOrder(Sequence):
             raise IndexError(index)
         prompt, sample = divmod(index, self.samples)
         tasks = self.prompts.tasks
-        return record_key(self.prompts.documents[prompt // len(tasks)][0], tasks[prompt % len(tasks)], sample)
+        return RecordKey(self.prompts.documents[prompt // len(tasks)][0], tasks[prompt % len(tasks)], sample).encode()
 
     def __iter__(self) -> Iterator[str]:
-        return (record_key(doc_id, task, sample) for doc_id, task in self.prompts.keys()
+        return (RecordKey(doc_id, task, sample).encode() for doc_id, task in self.prompts.keys()
                 for sample in range(self.samples))
 
 
@@ -123,17 +108,16 @@ def is_complete(output: Path, fingerprint: str) -> bool:
     return True
 
 
-def _module(module_or_path: Seq2SeqModule | str | os.PathLike, decoding: DecodingConfig | None) -> Seq2SeqModule:
-    if isinstance(module_or_path, Seq2SeqModule):
+def _module(module_or_path: GeneratorModule | str | os.PathLike, decoding: DecodingConfig | None) -> GeneratorModule:
+    if isinstance(module_or_path, GeneratorModule):
         module = module_or_path
         if decoding is not None:
-            module.decoding = replace(decoding)
-            module.hparams["decoding"] = asdict(module.decoding)
+            module.set_decoding(decoding)
         return module
     return Seq2SeqModule(model_name_or_path=str(module_or_path), decoding=decoding or DecodingConfig())
 
 
-def generate_synthetic(dataset: Documents, module_or_path: Seq2SeqModule | str | os.PathLike,
+def generate_synthetic(dataset: Documents, module_or_path: GeneratorModule | str | os.PathLike,
                        templates: PromptTemplates = PromptTemplates(), decoding: DecodingConfig | None = None,
                        output: str | os.PathLike = "synthetic/stage1.jsonl", stage: int = 1,
                        trainer_kwargs: dict[str, Any] | None = None, batch_size: int = 32,
@@ -143,7 +127,7 @@ def generate_synthetic(dataset: Documents, module_or_path: Seq2SeqModule | str |
 
     Args:
         dataset: a BEIR split or ``(doc_id, title, text)`` triples.
-        module_or_path: a built :class:`Seq2SeqModule` (e.g. the tuned one, for stage 2) or a model folder
+        module_or_path: a built :class:`GeneratorModule` (e.g. the tuned one, for stage 2) or a seq2seq folder
             or hub name (loaded as ``Seq2SeqModule(model_name_or_path=...)``).
         templates: the instruction per task.
         decoding: sampling/beam/greedy settings; None keeps a given module's own (or the defaults). A given
@@ -179,7 +163,7 @@ def generate_synthetic(dataset: Documents, module_or_path: Seq2SeqModule | str |
     meta_path(output).unlink(missing_ok=True)  # the output is about to change: its old meta must not vouch for it
 
     done = writer.done_keys()
-    skip = {key for key in prompts.keys() if all(record_key(*key, index) in done for index in range(samples))} \
+    skip = {key for key in prompts.keys() if all(RecordKey(*key, index).encode() in done for index in range(samples))} \
         if done else set()
     datamodule = GenerationDataModule(prompts.documents, templates, prompts.tasks, batch_size=batch_size,
                                       max_input_length=max_input_length, num_workers=num_workers, skip=skip)
