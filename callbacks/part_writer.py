@@ -26,6 +26,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from core.interrupt import signal_point
 from core.io import atomic_path
 
 # key -> (index of the part file, row inside it); the first part that holds a key wins.
@@ -97,9 +98,12 @@ class RankPartWriter(BasePredictionWriter, ABC):
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
         name = f"rank{trainer.global_rank:05d}-{self.attempt}-b{batch_idx:07d}{self.part_suffix}"
+        signal_point("batch")  # the hook points let tests interrupt here (core.interrupt.HOOK_ENV)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.parts_dir / name) as tmp:
             self.write_part(tmp, prediction)
+            signal_point("part-tmp")
+        signal_point("part")
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Barrier, merge on global rank 0, then share its outcome so every rank fails or returns together."""

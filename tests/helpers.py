@@ -19,7 +19,6 @@ import os
 import random
 import shutil
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+from core.interrupt import HOOK_ENV
 
 TINY_T5_TOKENIZER = Path(__file__).resolve().parent / "data" / "tiny-t5-tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -142,36 +143,46 @@ class CrashAfter(Callback):
             raise RuntimeError("simulated interruption")
 
 
+KILL_POINTS = ("batch", "part-tmp", "part")
+"""Where the resume tests kill a run (``core.interrupt.signal_point``): inside a batch (predicted, not written),
+during a part file's atomic write (written, not renamed) and between batches (the part in place)."""
+
+
+def _run_with_hook(run: Callable[[], object], spec: str) -> None:
+    os.environ[HOOK_ENV] = spec  # in the forked child only
+    run()
+
+
 def sigkill_then_resume(run: Callable[[], object], output: Path, part_pattern: str, *, kills: int = 5,
-                        seed: int = 0, max_delay: float = 0.15, timeout: float = 120.0) -> int:
-    """Fork ``run`` (a stage writing ``output`` through ``<output>.parts/``), SIGKILL it ``kills`` times after
-    1-3 new part files (``part_pattern`` under the parts folder) and a random delay, then let one more run
-    finish. Asserts each kill landed mid-run and left no ``output``, and that every killed run wrote parts;
-    returns how many part files the final run found (the work left for the resume is the rest)."""
+                        seed: int = 0) -> int:
+    """Fork ``run`` (a stage writing ``output`` through ``<output>.parts/``) ``kills`` times; each attempt SIGKILLs
+    itself at a point the test chooses (``KILL_POINTS`` in turn, at its 1st-3rd new part, drawn from ``seed``)
+    through ``core.interrupt.HOOK_ENV``, never after a delay, so the outcome does not depend on the machine's load.
+    Then one more run finishes. Asserts each kill landed where planned (the parts it wrote, no ``output``, a
+    temporary file left by a kill during a write); returns how many part files the final run found (the work
+    left for the resume is the rest)."""
     fork = multiprocessing.get_context("fork")  # the same process boundary as a fresh interpreter, without
     parts_root = Path(f"{output}.parts")        # its imports (5 to 25 s each on a busy 2-core machine)
     rng = random.Random(seed)
-    for _ in range(kills):
-        process = fork.Process(target=run, daemon=True)
+    for attempt in range(kills):
+        point = KILL_POINTS[attempt % len(KILL_POINTS)]
+        new_parts = rng.randint(1, 3)
+        hits = new_parts if point == "part" else new_parts + 1  # the kill comes at the hit after the last new part
+        before = set(parts_root.glob(part_pattern))
+        temporary = set(parts_root.rglob(".*.tmp"))
+        process = fork.Process(target=_run_with_hook, args=(run, f"{point}:{hits}:SIGKILL"), daemon=True)
         process.start()
-        wanted, deadline = len(list(parts_root.glob(part_pattern))) + rng.randint(1, 3), time.monotonic() + timeout
-        while len(list(parts_root.glob(part_pattern))) < wanted:
-            if not process.is_alive():
-                raise AssertionError(f"the run ended (exit {process.exitcode}) before writing {wanted} parts")
-            if time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"no {wanted} parts after {timeout} s")
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0.0, max_delay))
-        assert process.is_alive(), "the run finished before it could be killed; give it more work"
-        os.kill(process.pid, signal.SIGKILL)
         process.join()
-        assert process.exitcode == -signal.SIGKILL and not output.exists()
+        assert process.exitcode == -signal.SIGKILL, \
+            f"attempt {attempt} ended (exit {process.exitcode}) before its kill point; give it more work"
+        assert not output.exists()
+        assert len(set(parts_root.glob(part_pattern)) - before) == new_parts
+        assert (len(set(parts_root.rglob(".*.tmp")) - temporary) == 1) == (point == "part-tmp")
     parts = list(parts_root.glob(part_pattern))
     assert len({part.name.split("-b")[0] for part in parts}) == kills  # every killed run had written some parts
     process = fork.Process(target=run, daemon=True)
     process.start()
-    process.join(timeout=180)
+    process.join()
     assert process.exitcode == 0
     assert not parts_root.exists()
     return len(parts)

@@ -174,15 +174,14 @@ def test_wandb_mode_follows_the_config_then_wandb_mode_then_an_api_key(no_wandb_
     assert choose_wandb_mode(True) == "offline" and choose_wandb_mode(False) == "online"
 
 
-def _wandb_log_bytes(log: Path, expected: bytes, timeout_s: float = 30.0) -> bytes:
-    """The run's transaction log once ``expected`` is in it: W&B's service process writes it after ``finish()``
-    returns (seen on a fresh CI machine: only the file header at first, the whole run a moment later)."""
-    deadline = time.monotonic() + timeout_s
-    data = log.read_bytes()
-    while expected not in data and time.monotonic() < deadline:
-        time.sleep(0.2)
-        data = log.read_bytes()
-    return data
+def _wandb_log_bytes(log: Path) -> bytes:
+    """The run's transaction log once W&B's service has written all of it: its service process writes after
+    ``finish()`` returns (seen on a fresh CI machine: only the file header at first, the whole run a moment
+    later), and ``wandb.teardown()`` waits for that service instead of racing it with a deadline."""
+    import wandb
+
+    wandb.teardown()
+    return log.read_bytes()
 
 
 def test_wandb_offline_by_default_writes_its_run_without_network(no_wandb_key: Path, tmp_path: Path, tiny_t5: Path,
@@ -197,7 +196,7 @@ def test_wandb_offline_by_default_writes_its_run_without_network(no_wandb_key: P
     assert isinstance(logger, OfflineFirstWandbLogger) and logger.mode == "offline"
     (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
     (log,) = offline_run.glob("run-*.wandb")
-    data = _wandb_log_bytes(log, b"tiny-run")
+    data = _wandb_log_bytes(log)
     assert b"tiny-run" in data and b"pipeline-42" in data  # name and group from the environment
     assert b'"learning_rate":0.01' in data.replace(b" ", b"")  # the resolved config, logged as hyperparameters
     assert list((offline_run / "files" / "media" / "table" / "fit").glob("samples_*.table.json"))

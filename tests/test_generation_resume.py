@@ -1,10 +1,10 @@
-"""Generation killed with SIGKILL at random points five times, resumed each time, equals an uninterrupted run.
+"""Generation killed with SIGKILL at five chosen points, resumed each time, equals an uninterrupted run.
 
 Each attempt is a separate process running ``generate_synthetic`` on the tiny BEIR fixture with a
 tiny random T5, one prompt per batch, killed with SIGKILL (no handler, no cleanup: as a pre-empted
-job or the out-of-memory killer would) after a random number (1 to 3) of new part files plus a random
-delay of up to 0.15 s, so kills land inside a batch, between batches and during a part file's atomic
-write. Attempts are forked from the test process rather than started as fresh interpreters: the
+job or the out-of-memory killer would) after 1 to 3 new part files, inside a batch, between batches or
+during a part file's atomic write: the process kills itself there (``core.interrupt.HOOK_ENV``), so no
+kill races the machine's speed. Attempts are forked from the test process rather than started as fresh interpreters: the
 process boundary is the same, and each attempt skips 5 to 25 s of importing torch and Lightning.
 About 15 s on two CPU cores.
 """
