@@ -67,10 +67,14 @@ def file_signature(path: str | os.PathLike | None) -> Any:
     if path.is_dir():
         return {p.name: file_signature(p) for p in sorted(path.iterdir()) if p.is_file() or p.is_dir()}
     stat = path.stat()
-    return [stat.st_size, _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)]
+    version = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    return [stat.st_size, _cached_sha256(str(path.resolve()), version)]
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """Hash once per process per file version (a GB corpus takes seconds; every stage's plan asks for it)."""
+def _cached_sha256(path: str, version: tuple[int, ...]) -> str:
+    """Hash once per process per file version (a GB corpus takes seconds; every stage's plan asks for it).
+
+    A version is size, mtime, ctime and inode: an in-place rewrite that restores the mtime (``os.utime``,
+    ``touch -r``) still changes the ctime, which no user call can set back, and a replaced file has a new inode."""
     return file_sha256(path)

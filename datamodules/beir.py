@@ -1,7 +1,7 @@
 """Read and write BEIR folders: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
 
 Why this shape: BEIR corpora reach millions of documents, so corpus and queries go through the
-HF ``datasets`` json builder (arrow, cached by the file's path and modification time) and every
+HF ``datasets`` json builder (arrow, cached by the file's content: :func:`content_name`) and every
 check runs on arrow columns. A column check can only say *that* something is wrong; to say
 *where*, a failed build or check is followed by a line scan that names file, line and field.
 
@@ -23,6 +23,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.fingerprint import file_signature
 from core.io import InputError, atomic_open, iter_jsonl, require_field, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,14 @@ def _first_blank_line(path: Path) -> int | None:
         return next((line for line, raw in enumerate(handle, start=1) if not raw.strip()), None)
 
 
+def content_name(path: Path) -> str:
+    """A ``datasets`` config name from the file's size and SHA-256: its cache is keyed by path and modification
+    time only, so a file rewritten in place with its mtime kept (``touch -r``, a restored backup) was served
+    from the old cache; with the content in the name it is read again."""
+    size, sha256 = file_signature(path)
+    return f"content-{size}-{sha256[:24]}"
+
+
 def _read_records(path: Path, kind: _RecordKind, cache_dir: Path | None) -> pa.Table:
     """Load ``path`` through the ``datasets`` json builder and check it; return the needed columns.
 
@@ -206,7 +215,7 @@ def _read_records(path: Path, kind: _RecordKind, cache_dir: Path | None) -> pa.T
     features = datasets.Features({name: datasets.Value("string") for name in columns})
     try:
         loaded = datasets.load_dataset("json", data_files={"records": str(path)}, split="records",
-                                       features=features, chunksize=JSON_CHUNK_BYTES,
+                                       features=features, chunksize=JSON_CHUNK_BYTES, name=content_name(path),
                                        cache_dir=None if cache_dir is None else str(cache_dir))
     except datasets.exceptions.DatasetGenerationError as err:
         _scan_for_problem(path, kind, columns)

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from core.fingerprint import plain, stable_hash
 from core.io import InputError, atomic_open, jsonl_bytes, write_json_atomic
 from core.paper import PAPER_TUNING
+from datamodules.beir import content_name
 from datamodules.downsample import DataConfig, load_dataset_from_config
 from datamodules.prompts import PromptTemplates
 from lightning_modules.generator import ExampleCollator, GeneratorModule
@@ -197,7 +198,7 @@ class SelfInstructDataModule(LightningDataModule):
         """Read one written split through the json builder and tokenise it (both cached on disk)."""
         path = str(self.split_folder() / f"{name}.jsonl")
         raw = datasets.load_dataset("json", data_files={"records": path}, split="records",
-                                    cache_dir=self.cache_dir)
+                                    name=content_name(Path(path)), cache_dir=self.cache_dir)
         fingerprint = stable_hash([CACHE_FORMAT, raw._fingerprint, self.generator.example_format,
                                    tokenizer_fingerprint(self.generator.tokenizer), self.input_length,
                                    self.max_target_length])

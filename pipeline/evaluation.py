@@ -23,7 +23,7 @@ from core.fingerprint import stable_hash
 from core.io import atomic_path, write_json_atomic
 from core.record_key import RecordKey
 from core.registry import Registry
-from lightning_modules.encoder import EncoderModule
+from lightning_modules.encoder import EncoderModule, weights_signature
 from pipeline import layout
 from pipeline.context import PipelineContext
 from retrieval.bertscore import bertscore_f1, check_layer
@@ -79,7 +79,9 @@ def bertscore_weights(evaluator: Evaluator, name: str) -> torch.Tensor:
     references = [evaluator.dataset.doc_text(evaluator.doc_ids[i]) for i in synthetic.doc.tolist()]
     encoder_name = evaluator.ctx.embedding_encoder
     layer = evaluator.ctx.rao_blackwell.bertscore_layer
-    key = stable_hash(["bert_score-0.3.13", layer, encoder_name, synthetic.texts, references])
+    # the encoder's weights by content: a retuned model in the same folder must not reuse the old weights
+    key = stable_hash(["bert_score-0.3.13", layer, encoder_name, weights_signature(encoder_name), synthetic.texts,
+                       references])
     cache = evaluator.ctx.run_dir / "cache" / f"bertscore-{name}-{key}.npy"
     if cache.is_file():
         weights = torch.from_numpy(np.load(cache))
