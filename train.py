@@ -18,8 +18,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from core.interrupt import RunInterrupted, stop_on_signals
 from core.io import InputError, ModelNotAvailableError, OutputError
 from pipeline.commands import COMMANDS, run_command, usage
+from pipeline.run_lock import RunDirectoryInUse
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
@@ -33,8 +35,12 @@ def main(argv: Sequence[str] | None = None) -> Any:
         print(f"unknown command '{command}'\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     try:
-        return run_command(command, rest)
-    except (InputError, ModelNotAvailableError, OutputError) as err:  # the message says where and what to do
+        with stop_on_signals():  # SIGTERM/SIGINT: exit 143/130 (RunInterrupted) once the loop's writers flushed
+            return run_command(command, rest)
+    except RunInterrupted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        raise
+    except (InputError, ModelNotAvailableError, OutputError, RunDirectoryInUse) as err:  # says where and what to do
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -98,12 +98,12 @@ class RankPartWriter(BasePredictionWriter, ABC):
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
         name = f"rank{trainer.global_rank:05d}-{self.attempt}-b{batch_idx:07d}{self.part_suffix}"
-        signal_point("batch")  # the hook points let tests interrupt here (core.interrupt.HOOK_ENV)
+        signal_point("batch", self.output.name)  # the hook points let tests interrupt here (core.interrupt.HOOK_ENV)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.parts_dir / name) as tmp:
             self.write_part(tmp, prediction)
-            signal_point("part-tmp")
-        signal_point("part")
+            signal_point("part-tmp", self.output.name)
+        signal_point("part", self.output.name)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Barrier, merge on global rank 0, then share its outcome so every rank fails or returns together."""

@@ -31,14 +31,15 @@ class RunInterrupted(SystemExit):
         self.signum, self.where = signum, where
 
     def __str__(self) -> str:
-        where = f" during {self.where}" if self.where else ""
+        where = f" {self.where}" if self.where else ""
         return (f"interrupted by {signal.Signals(self.signum).name}{where}; finished work is kept: rerun the same "
                 "command to resume")
 
 
 class _State:
     requested: int | None = None  # the first signal received while the handlers were installed
-    deferring: int = 0  # > 0 while a Lightning loop with a StopOnSignal callback runs
+    installed: int = 0  # nesting depth of stop_on_signals (a stage command inside a command)
+    deferring: set[int] = set()  # ids of the loop callbacks (StopOnSignal) now running
 
 
 _state = _State()
@@ -54,14 +55,10 @@ def raise_if_requested(where: str = "") -> None:
         raise RunInterrupted(_state.requested, where)
 
 
-@contextlib.contextmanager
-def deferred() -> Iterator[None]:
-    """While inside, a first signal is only recorded (a loop's callback stops at its next safe point)."""
-    _state.deferring += 1
-    try:
-        yield
-    finally:
-        _state.deferring -= 1
+def defer(owner: object, on: bool) -> None:
+    """While some ``owner`` (a running loop's callback) defers, a first signal is only recorded: the owner stops
+    the loop at its next safe point (``raise_if_requested``)."""
+    (_state.deferring.add if on else _state.deferring.discard)(id(owner))
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
@@ -69,43 +66,51 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     if first:
         _state.requested = signum
     if first and _state.deferring:
-        log.warning("received %s: stopping after the batch in flight is written", signal.Signals(signum).name)
+        log.warning("received %s: stopping once the batch in flight is written", signal.Signals(signum).name)
         return
     raise RunInterrupted(signum)
 
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Handle SIGTERM and SIGINT as above for the block (main thread only), then restore the previous handlers."""
-    if threading.current_thread() is not threading.main_thread():
+    """Handle SIGTERM and SIGINT as above inside the block (main thread only; the outermost block installs and
+    restores the handlers). A ``SystemExit`` after a signal leaves as :class:`RunInterrupted`: Lightning's own
+    ``SIGTERMException`` has code None, which exited 0."""
+    if _state.installed or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {signum: signal.signal(signum, _handle) for signum in SIGNALS}
-    _state.requested = None
+    _state.requested, _state.installed = None, 1
     try:
         yield
+    except SystemExit as exit_:
+        if _state.requested is None or isinstance(exit_, RunInterrupted):
+            raise
+        raise RunInterrupted(_state.requested) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _state.requested = None
+        _state.requested, _state.installed = None, 0
 
 
 HOOK_ENV = "SIR_SIGNAL_AT"
 """Test hook, ``point:n:SIGNAME``: this process sends itself SIGNAME the n-th time it reaches ``point``. Points:
 ``batch`` (a predicted batch, before it is written), ``part-tmp`` (its part file written, not yet renamed into
-place), ``part`` (the part file in place), ``train-batch`` (a training batch done). Tests interrupt a run where
-they choose, instead of after a delay, which passes or fails with the machine's load."""
+place), ``part`` (the part file in place), each also as ``point@<output file name>`` (``part@stage2.jsonl``), and
+``train-batch`` (a training batch done). Tests interrupt a run where they choose, instead of after a delay,
+which passes or fails with the machine's load."""
 _hits: Counter[str] = Counter()
 
 
-def signal_point(point: str) -> None:
-    """Where ``HOOK_ENV`` may interrupt this process (a no-op unless the variable names ``point``)."""
+def signal_point(point: str, detail: str = "") -> None:
+    """Where ``HOOK_ENV`` may interrupt this process (a no-op unless the variable names ``point``, or
+    ``point@detail``)."""
     spec = os.environ.get(HOOK_ENV)
     if not spec:
         return
-    name, count, signame = spec.split(":")
-    if name != point:
+    name, count, signame = spec.rsplit(":", 2)
+    if name not in (point, f"{point}@{detail}"):
         return
-    _hits[point] += 1
-    if _hits[point] == int(count):
+    _hits[name] += 1
+    if _hits[name] == int(count):
         os.kill(os.getpid(), signal.Signals[signame])

@@ -20,6 +20,7 @@ from datamodules.beir import BeirDataset
 from datamodules.downsample import DataConfig, load_dataset_from_config
 from lightning_modules.loading import resolve_model_source
 from pipeline.embed import embed_texts
+from pipeline.run_lock import run_lock
 from retrieval.bm25 import BM25Config, bm25_search
 from retrieval.metrics import evaluate_run
 from retrieval.results import DEFAULT_COLUMNS, ResultRow, format_table, update_results
@@ -98,24 +99,25 @@ def run_baselines(data: DataConfig, output_dir: Path | None = None, encoder: str
         resolve_model_source(model)  # an unavailable model fails now, not after BM25 has run
     dataset_name = dataset_label(data)
     run_dir = Path(output_dir) if output_dir is not None else Path("runs/baselines") / dataset_name
-    dataset = load_dataset_from_config(data, run_dir=run_dir)
-    queries = list(dataset.queries.items())  # the split's judged queries only (load_beir keeps no others)
-    documents = [(doc_id, dataset.doc_text(doc_id)) for doc_id in dataset.doc_ids]
-    rows: list[ResultRow] = []
-    if "bm25" in chosen:
-        rows.append(_timed_row("bm25", dataset, search, {"bm25": asdict(bm25)}, lambda: bm25_search(
-            documents, queries, bm25, ignore_identical_ids=search.ignore_identical_ids)))
-    if "dense" in chosen:
-        def dense_run() -> dict[str, dict[str, float]]:
-            doc_ids, doc_vectors = embed_texts(documents, model, run_dir / "vectors" / "corpus.safetensors",
-                                               batch_size=batch_size, trainer_kwargs=trainer)
-            query_ids, query_vectors = embed_texts(queries, model, run_dir / "vectors" / "queries.safetensors",
+    with run_lock(run_dir):  # one command per output folder: results.json is read, extended and rewritten
+        dataset = load_dataset_from_config(data, run_dir=run_dir)
+        queries = list(dataset.queries.items())  # the split's judged queries only (load_beir keeps no others)
+        documents = [(doc_id, dataset.doc_text(doc_id)) for doc_id in dataset.doc_ids]
+        rows: list[ResultRow] = []
+        if "bm25" in chosen:
+            rows.append(_timed_row("bm25", dataset, search, {"bm25": asdict(bm25)}, lambda: bm25_search(
+                documents, queries, bm25, ignore_identical_ids=search.ignore_identical_ids)))
+        if "dense" in chosen:
+            def dense_run() -> dict[str, dict[str, float]]:
+                doc_ids, doc_vectors = embed_texts(documents, model, run_dir / "vectors" / "corpus.safetensors",
                                                    batch_size=batch_size, trainer_kwargs=trainer)
-            return vector_search(query_ids, query_vectors, doc_ids, doc_vectors, search)
+                query_ids, query_vectors = embed_texts(queries, model, run_dir / "vectors" / "queries.safetensors",
+                                                       batch_size=batch_size, trainer_kwargs=trainer)
+                return vector_search(query_ids, query_vectors, doc_ids, doc_vectors, search)
 
-        rows.append(_timed_row("dense", dataset, search, {"encoder": model, "search": asdict(search)}, dense_run))
-    table = update_results(run_dir, dataset_name, data.split, rows)
-    print(f"\n{dataset_name} ({data.split}): {len(queries)} judged queries, {len(documents)} documents\n")
-    print(format_table(table, DEFAULT_COLUMNS))
-    print(f"\nwritten: {run_dir / 'results.json'}, {run_dir / 'results.md'}")
+            rows.append(_timed_row("dense", dataset, search, {"encoder": model, "search": asdict(search)}, dense_run))
+        table = update_results(run_dir, dataset_name, data.split, rows)
+        print(f"\n{dataset_name} ({data.split}): {len(queries)} judged queries, {len(documents)} documents\n")
+        print(format_table(table, DEFAULT_COLUMNS))
+        print(f"\nwritten: {run_dir / 'results.json'}, {run_dir / 'results.md'}")
     return rows

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from callbacks.stop_on_signal import StopOnSignal
 from callbacks.vector_writer import VectorWriter
 from core.fingerprint import items_hash, stable_hash
 from core.io import InputError
@@ -91,7 +92,7 @@ def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, 
                                 "enable_model_summary": False, "enable_progress_bar": progress}
     settings.update(trainer_kwargs or {})
     extra = settings.get("callbacks") or []
-    settings["callbacks"] = [writer, *([extra] if isinstance(extra, Callback) else extra)]
+    settings["callbacks"] = [writer, *([extra] if isinstance(extra, Callback) else extra), StopOnSignal()]
     with _quiet_trainer_setup():  # a stage builds several trainers: their device banners would bury the progress
         trainer = Trainer(**settings)
     trainer.predict(module, datamodule=datamodule, return_predictions=False)

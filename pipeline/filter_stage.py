@@ -24,6 +24,7 @@ from datamodules.synthetic_files import FileFormat, load_file_source
 from lightning_modules.encoder import EncoderModule
 from pipeline import layout
 from pipeline.embed import embed_texts
+from pipeline.run_lock import run_lock
 from retrieval.filter import FILTER_RULES, Embed, FilterConfig, FilterResult, filter_records
 from retrieval.synthetic import SyntheticRecord, UnknownDocPolicy, write_synthetic
 
@@ -107,7 +108,8 @@ def filter_command(synthetic: Path, data: DataConfig, run_dir: Path, filter: Fil
     dataset = load_dataset_from_config(data)
     records = load_file_source(synthetic, format, dataset.corpus, on_unknown_doc)
     kept = run_dir / layout.STAGE1_KEPT
-    report = run_filter(records, dataset, filter, run_dir, kept, run_dir / layout.FILTER_REPORT, encoder)
+    with run_lock(run_dir):
+        report = run_filter(records, dataset, filter, run_dir, kept, run_dir / layout.FILTER_REPORT, encoder)
     log.info("filter: kept %d of %d records (%d documents) in %s", report["kept"], report["total"],
              report["documents_kept"], kept)
     return report

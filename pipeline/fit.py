@@ -42,6 +42,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from callbacks.generation_samples import GenerationSamples
 from callbacks.save_best import SaveBestPretrained
+from callbacks.stop_on_signal import StopOnSignal
 from callbacks.wandb_logger import OfflineFirstWandbLogger
 from core.io import InputError, write_text_atomic
 from core.paper import PAPER_TUNING
@@ -172,6 +173,7 @@ class SelfInstructCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(GenerationSamples, "generation_samples")
         parser.add_lightning_class_args(SaveBestPretrained, "save_best")
+        parser.add_lightning_class_args(StopOnSignal, "stop_on_signal")  # SIGTERM/SIGINT: stop, exit non-zero
         parser.set_defaults({
             **PAPER_CALLBACK_DEFAULTS,
             "model": {"class_path": f"{Seq2SeqModule.__module__}.{Seq2SeqModule.__name__}"},

@@ -34,6 +34,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
+from callbacks.stop_on_signal import StopOnSignal
 from callbacks.synthetic_writer import GenerationProgressBar, SyntheticTextWriter
 from core.fingerprint import items_hash, stable_hash
 from core.io import InputError, file_sha256, write_json_atomic
@@ -170,7 +171,7 @@ def generate_synthetic(dataset: Documents, module_or_path: GeneratorModule | str
     settings: dict[str, Any] = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
                                 "enable_model_summary": False, "enable_progress_bar": progress}
     settings.update(trainer_kwargs or {})
-    callbacks = [writer, *(settings.get("callbacks") or [])]
+    callbacks = [writer, *(settings.get("callbacks") or []), StopOnSignal()]  # stops after the writer wrote
     if settings["enable_progress_bar"] and not any(isinstance(callback, ProgressBar) for callback in callbacks):
         callbacks.append(GenerationProgressBar(len(prompts.tasks)))
     settings["callbacks"] = callbacks

@@ -21,6 +21,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_only
 
 from core.fingerprint import plain
+from core.interrupt import stop_on_signals
 from core.io import write_json_atomic
 from datamodules.downsample import DataConfig
 from datamodules.prompts import PromptTemplates
@@ -31,6 +32,7 @@ from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationCo
 from pipeline.context import PipelineContext
 from pipeline.preflight import check_models, check_paths
 from pipeline.report import print_summary
+from pipeline.run_lock import run_lock
 from pipeline.runner import StageOutcome, execute_plan, plan_stages
 from pipeline.stages import build_stages
 from retrieval.filter import FilterConfig
@@ -85,22 +87,22 @@ def run_pipeline(data: DataConfig,
     all_stages = build_stages(ctx)
     check_paths(ctx)  # before anything is written: a wrong path costs seconds, not a stage
     is_zero = rank_zero_only.rank == 0
-    if is_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    planned = plan_stages(all_stages, run_dir, only=stages, force=force or ())
-    for item in planned:
-        log.info("plan: %-8s %s", item.stage.name, item.action)
-    check_models(ctx, [item.stage.name for item in planned if item.action == "run"])
-    try:
-        outcomes = execute_plan(planned, run_dir, is_global_zero=is_zero)
-    finally:
-        ctx.finish_loggers()
-    if is_zero:  # written once every stage finished, so it describes the outputs (a failed run changes nothing)
-        write_json_atomic(run_dir / layout.PIPELINE_CONFIG, {
-            "data": plain(data), "model": ctx.model_config, "prompts": plain(prompts), "stage1": plain(stage1),
-            "generation": plain(generation), "filter": plain(filter), "fit": plain(fit), "embed": plain(embed),
-            "rao_blackwell": plain(rao_blackwell), "evaluate": plain(evaluate), "trainer": plain(ctx.trainer),
-            "logger": plain(logger), "precision": precision.record()})
-        print_summary(ctx, outcomes)
+    # a second run on run_dir refuses here, before any work; SIGTERM/SIGINT stop it between batches or stages
+    with run_lock(run_dir, is_global_zero=is_zero), stop_on_signals():
+        planned = plan_stages(all_stages, run_dir, only=stages, force=force or ())
+        for item in planned:
+            log.info("plan: %-8s %s", item.stage.name, item.action)
+        check_models(ctx, [item.stage.name for item in planned if item.action == "run"])
+        try:
+            outcomes = execute_plan(planned, run_dir, is_global_zero=is_zero)
+        finally:
+            ctx.finish_loggers()
+        if is_zero:  # written once every stage finished, so it describes the outputs (a failed run changes nothing)
+            write_json_atomic(run_dir / layout.PIPELINE_CONFIG, {
+                "data": plain(data), "model": ctx.model_config, "prompts": plain(prompts), "stage1": plain(stage1),
+                "generation": plain(generation), "filter": plain(filter), "fit": plain(fit), "embed": plain(embed),
+                "rao_blackwell": plain(rao_blackwell), "evaluate": plain(evaluate), "trainer": plain(ctx.trainer),
+                "logger": plain(logger), "precision": precision.record()})
+            print_summary(ctx, outcomes)
     return outcomes
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import interrupt
 from core.fingerprint import stable_hash
 from core.io import write_json_atomic
 
@@ -140,6 +141,7 @@ def execute_plan(planned: Sequence[PlannedStage], run_dir: Path, is_global_zero:
     outcomes: list[StageOutcome] = []
     for item in planned:
         stage = item.stage
+        interrupt.raise_if_requested(f"before stage '{stage.name}'")  # a signal the stage before finished under
         if item.action == "skip":
             log.info("stage %s: done for this configuration (%s), skipped", stage.name, item.fingerprint)
             outcomes.append(StageOutcome(stage.name, "skipped", 0.0, item.fingerprint))
@@ -148,10 +150,16 @@ def execute_plan(planned: Sequence[PlannedStage], run_dir: Path, is_global_zero:
             _marker_path(run_dir, stage.name).unlink(missing_ok=True)
         log.info("stage %s: running (%s)", stage.name, item.fingerprint)
         start = time.perf_counter()
-        if stage.collective or is_global_zero:
-            stage.run()
-        else:
-            wait_for_marker(run_dir, stage.name, item.fingerprint)
+        try:
+            if stage.collective or is_global_zero:
+                stage.run()
+            else:
+                wait_for_marker(run_dir, stage.name, item.fingerprint)
+        except SystemExit:  # RunInterrupted, or Lightning's SIGTERMException (code None)
+            signum = interrupt.requested()
+            if signum is None:
+                raise
+            raise interrupt.RunInterrupted(signum, f"during stage '{stage.name}'") from None
         seconds = time.perf_counter() - start
         if is_global_zero:
             missing = [out for out in stage.outputs() if not (run_dir / out).exists()]
