@@ -20,8 +20,8 @@ from typing import Any
 
 from core.interrupt import RunInterrupted, stop_on_signals
 from core.io import InputError, ModelNotAvailableError, OutputError
-from pipeline.commands import COMMANDS, run_command, usage
-from pipeline.run_lock import RunDirectoryInUse
+from pipeline.commands import COMMANDS, named_run_dir, run_command, usage
+from pipeline.run_lock import RunDirectoryInUse, check_free
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
@@ -35,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> Any:
         print(f"unknown command '{command}'\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     try:
+        run_dir = named_run_dir(command, rest)
+        if run_dir is not None:
+            check_free(run_dir)  # a run directory in use refuses before the imports of torch and Lightning
         with stop_on_signals():  # SIGTERM/SIGINT: exit 143/130 (RunInterrupted) once the loop's writers flushed
             return run_command(command, rest)
     except RunInterrupted as err:

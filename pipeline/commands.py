@@ -9,9 +9,12 @@ options minus ``stages``. ``fit``/``validate``/``test``/``predict`` go to Lightn
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core.registry import Registry
@@ -100,6 +103,27 @@ def parse_command(name: str, args: Sequence[str]) -> dict[str, Any]:
     kwargs.pop("config", None)
     kwargs.pop("__path__", None)
     return {**kwargs, **COMMANDS.get(name).fixed}
+
+
+def named_run_dir(name: str, args: Sequence[str]) -> str | None:
+    """The run directory a pipeline command's arguments name (``--run_dir``, else a ``-c`` file's ``run_dir:``),
+    read without the parser (which imports torch) for ``run_lock.check_free``; None when none is named."""
+    if COMMANDS.get(name).target != PIPELINE:
+        return None
+    found = None
+    for flag, value in zip(args, [*args[1:], None]):
+        if flag in ("-c", "--config") and value is not None and os.path.isfile(value):
+            import yaml
+
+            with contextlib.suppress(yaml.YAMLError, OSError):
+                config = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+                if isinstance(config, dict) and isinstance(config.get("run_dir"), str):
+                    found = config["run_dir"]
+        elif flag == "--run_dir" and value is not None:
+            found = value
+        elif flag.startswith("--run_dir="):
+            found = flag.partition("=")[2]
+    return found
 
 
 def run_command(name: str, args: Sequence[str]) -> Any:

@@ -63,6 +63,24 @@ def _in_use(run_dir: Path, holder: dict[str, Any]) -> RunDirectoryInUse:
                              "or choose another --run_dir")
 
 
+def check_free(run_dir: str | os.PathLike) -> None:
+    """Refuse now if another job holds ``run_dir``: ``train.py`` asks before importing torch (10-20 s on a busy
+    machine), so a second run refuses within a second; :func:`run_lock` still takes the lock itself later."""
+    run_dir = Path(run_dir)
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or not readable): run_lock decides
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = read_holder(run_dir)
+        if job_id() is None or holder.get("job") != job_id():  # a rank of the holder's own job passes
+            raise _in_use(run_dir, holder) from None
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike, is_global_zero: bool | None = None) -> Iterator[None]:
     """Hold ``run_dir`` for the block: refuse at once (:class:`RunDirectoryInUse`) if another process holds it.

@@ -99,3 +99,33 @@ def test_pipeline_refuses_before_any_work(holder, tmp_path: Path, capsys: pytest
         assert exit_info.value.code == 2
         assert f"error: run directory {run_dir} is in use by PID {process.pid}" in capsys.readouterr().err
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing read or written
+
+
+def test_train_py_refuses_before_importing_torch(holder, tmp_path: Path) -> None:
+    """The refusal comes before the parser and its imports (10-20 s on a busy machine): a fresh interpreter
+    refuses without ever importing torch, whether the run directory comes from a flag or from a -c file."""
+    import subprocess
+    import sys
+
+    process, _, run_dir = holder
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump({"run_dir": str(run_dir)}))
+    code = ("import sys, train\ntry:\n    train.main(sys.argv[1:])\nexcept SystemExit as exit_:\n"
+            "    print('torch imported' if 'torch' in sys.modules else 'torch not imported', exit_.code)")
+    root = Path(train.__file__).resolve().parent
+    for args in (["pipeline", "--run_dir", str(run_dir)], ["embed", "-c", str(profile)]):
+        result = subprocess.run([sys.executable, "-c", code, *args], cwd=root, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(root)})
+        assert result.stdout.split() == ["torch", "not", "imported", "2"], result.stderr[-2000:]
+        assert f"run directory {run_dir} is in use by PID {process.pid}" in result.stderr
+
+
+def test_named_run_dir_follows_the_parser_order(tmp_path: Path) -> None:
+    from pipeline.commands import named_run_dir
+
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump({"run_dir": "from-file"}))
+    assert named_run_dir("pipeline", ["-c", str(profile)]) == "from-file"
+    assert named_run_dir("tune", ["-c", str(profile), "--run_dir", "flag"]) == "flag"
+    assert named_run_dir("data", ["--run_dir=flag", "--config", str(profile)]) == "from-file"  # the later wins
+    assert named_run_dir("pipeline", []) is None and named_run_dir("baselines", ["--output_dir", "x"]) is None
