@@ -20,6 +20,7 @@ from typing import Any
 
 from core.io import InputError, ModelNotAvailableError, OutputError
 from pipeline.commands import COMMANDS, run_command, usage
+from pipeline.config_errors import located
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     try:
         return run_command(command, rest)
     except (InputError, ModelNotAvailableError, OutputError) as err:  # the message says where and what to do
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {located(err, rest) if isinstance(err, InputError) else err}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -29,7 +29,7 @@ from lightning_modules.precision import resolve_trainer_precision
 from pipeline import layout
 from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, LoggerConfig, Stage1Config
 from pipeline.context import PipelineContext
-from pipeline.preflight import check_models, check_paths
+from pipeline.preflight import check_models, check_paths, check_settings
 from pipeline.report import print_summary
 from pipeline.runner import StageOutcome, execute_plan, plan_stages
 from pipeline.stages import build_stages
@@ -83,6 +83,7 @@ def run_pipeline(data: DataConfig,
                           generation=generation, filter=filter, fit=fit, embed=embed, rao_blackwell=rao_blackwell,
                           evaluate=evaluate, trainer=trainer_settings, logger=logger, precision=precision)
     all_stages = build_stages(ctx)
+    check_settings(ctx)
     check_paths(ctx)  # before anything is written: a wrong path costs seconds, not a stage
     is_zero = rank_zero_only.rank == 0
     if is_zero:

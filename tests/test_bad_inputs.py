@@ -169,7 +169,8 @@ def test_wrong_encoding_bytes_in_the_corpus(capsys, base: Base, run_dir: Path, t
 def test_empty_document_text(capsys, base: Base, run_dir: Path, tmp_path: Path) -> None:
     empty = json.dumps({"_id": "blank", "title": " ", "text": ""}).encode() + b"\n"
     data = edited_data(base, tmp_path, "corpus.jsonl", lambda raw: raw + empty)
-    message = pipeline_fails(capsys, base, run_dir, "--data.path", str(data), rerun=("data",))
+    message = pipeline_fails(capsys, base, run_dir, "--data.path", str(data), "--data.empty_documents", "error",
+                             rerun=("data",))  # kept by default, as BEIR does (tests/test_empty_documents.py)
     assert "corpus.jsonl, line 23, field 'text': empty document" in message and "remove it" in message
 
 
@@ -185,7 +186,7 @@ def test_qrels_naming_unknown_ids(capsys, base: Base, run_dir: Path, tmp_path: P
     message = pipeline_fails(capsys, base, run_dir, "--data.path", str(data), "--data.unknown_ids", "fail",
                              rerun=("data",))
     assert "test.tsv: 1 judgement names unknown documents (e.g. 'no-such-doc' on line 10)" in message
-    assert "unknown_ids='warn'" in message
+    assert "set data.unknown_ids to 'warn'" in message
 
 
 def test_qrels_with_a_non_integer_score(capsys, base: Base, run_dir: Path, tmp_path: Path) -> None:
