@@ -30,7 +30,8 @@ import yaml
 import train
 from core import io as core_io
 from core.record_key import RecordKey
-from helpers import make_tiny_bert2bert, make_tiny_t5, one_thread, tiny_pipeline_profile  # noqa: F401  (fixture)
+from helpers import (command_fails, make_tiny_bert2bert, make_tiny_t5, one_thread,  # noqa: F401  (fixture)
+                     tiny_pipeline_profile)
 from pipeline import layout
 from retrieval.vectors import read_vector_ids
 
@@ -102,15 +103,7 @@ def run_dir(base: Base, tmp_path: Path) -> Path:
     return Path(shutil.copytree(base.run, tmp_path / "run"))
 
 
-def fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Run ``train.py argv``; it must exit with status 2 and a message; return the message."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(list(argv))
-    assert exit_info.value.code == 2
-    message = capsys.readouterr().err
-    assert "Traceback" not in message
-    return " ".join(message.split())  # one line: messages may be wrapped
+fails = command_fails  # train.py argv exits 2 with a message; the message on one line
 
 
 def pipeline_fails(capsys: pytest.CaptureFixture[str], base: Base, run_dir: Path, *extra: str,

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import train
-from helpers import make_tiny_t5, tiny_pipeline_profile
+from helpers import command_fails, make_tiny_t5, tiny_pipeline_profile
 from retrieval.results import read_results
 
 TINY = Path(__file__).parent / "data" / "tiny_beir"
@@ -26,14 +25,8 @@ def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """``train.py argv`` exits 2 with a short message and no traceback; return it on one line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(list(argv))
-    assert exit_info.value.code == 2
-    message = capsys.readouterr().err
-    assert "Traceback" not in message and len(message.strip().splitlines()) <= 3, message
-    return " ".join(message.split())
+    """``train.py argv`` exits 2 with a short message (not the usage) and no traceback; return it on one line."""
+    return command_fails(capsys, *argv, max_lines=3)
 
 
 def pipeline_fails_at_once(capsys, profile: Path, run_dir: Path, *extra: str) -> str:
