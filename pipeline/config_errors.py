@@ -40,7 +40,7 @@ def error_key(message: str) -> str | None:
     return None
 
 
-def _key_line(text: str, parts: list[str]) -> int | None:
+def key_line(text: str, parts: list[str]) -> int | None:
     """The 1-based line of the nested key ``parts`` in YAML ``text``, or None when it is not there."""
     try:
         node = yaml.compose(text)
@@ -66,7 +66,7 @@ def where_set(args: Sequence[str], key: str) -> tuple[str, int | None] | None:
         if previous in ("-c", "--config"):
             path = Path(arg)
             text = path.read_text(encoding="utf-8-sig") if path.is_file() else arg
-            line = _key_line(text, parts)
+            line = key_line(text, parts)
             if line is not None:
                 found = (str(path) if path.is_file() else "-c text", line)
         elif arg.startswith("--"):

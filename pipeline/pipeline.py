@@ -29,7 +29,7 @@ from lightning_modules.precision import resolve_trainer_precision
 from pipeline import layout
 from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, LoggerConfig, Stage1Config
 from pipeline.context import PipelineContext
-from pipeline.preflight import check_models, check_paths, check_settings
+from pipeline.preflight import check_fit_configs, check_models, check_paths, check_settings
 from pipeline.report import print_summary
 from pipeline.runner import StageOutcome, execute_plan, plan_stages
 from pipeline.stages import build_stages
@@ -91,7 +91,9 @@ def run_pipeline(data: DataConfig,
     planned = plan_stages(all_stages, run_dir, only=stages, force=force or ())
     for item in planned:
         log.info("plan: %-8s %s", item.stage.name, item.action)
-    check_models(ctx, [item.stage.name for item in planned if item.action == "run"])
+    running = [item.stage.name for item in planned if item.action == "run"]
+    check_models(ctx, running)
+    check_fit_configs(ctx, running)
     try:
         outcomes = execute_plan(planned, run_dir, is_global_zero=is_zero)
     finally:

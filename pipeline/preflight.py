@@ -33,9 +33,12 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from core.io import InputError
+import yaml
+
+from core.io import InputError, require_file
 from lightning_modules.encoder import resolve_encoder_source
 from lightning_modules.loading import ModelNotAvailableError, check_weight_format, resolve_model_source
+from pipeline.config_errors import key_line
 from pipeline.context import PipelineContext
 from pipeline.sources import STAGE1_SOURCES
 
@@ -72,7 +75,7 @@ def check_trainer_keys(settings: Mapping[str, Any], key: str) -> None:
 
     known = [name for name in inspect.signature(Trainer.__init__).parameters if name != "self"]
     for name in settings:
-        if name not in known:
+        if name.removesuffix("+") not in known:  # "callbacks+" appends in jsonargparse's YAML
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean '{close[0]}'?" if close else "see the arguments of lightning.pytorch.Trainer"
             raise InputError("not an argument of lightning.pytorch.Trainer", field=f"{key}.{name}", hint=hint)
@@ -82,6 +85,25 @@ def check_settings(ctx: PipelineContext) -> None:
     """Settings no stage would check before using them: the Trainer keys of ``trainer`` and ``fit.trainer``."""
     check_trainer_keys(ctx.trainer, "trainer")
     check_trainer_keys(ctx.fit.trainer, "fit.trainer")
+
+
+def check_fit_configs(ctx: PipelineContext, running: Collection[str]) -> None:
+    """When tuning runs: each ``fit.configs`` fragment exists, and its ``trainer:`` keys are Trainer arguments
+    (the fit CLI would report a typo there only when the tune stage starts, after its whole usage)."""
+    if "tune" not in running:
+        return
+    for config in ctx.fit.configs:
+        path = require_file(config, "fit.configs lists LightningCLI fit fragments, e.g. configs/fit/selfinstruct.yaml")
+        text = path.read_text(encoding="utf-8-sig")
+        try:
+            section = (yaml.safe_load(text) or {}).get("trainer") or {}
+        except (yaml.YAMLError, AttributeError) as err:
+            raise InputError(f"not a YAML mapping ({err})", path=path, field="fit.configs") from None
+        try:
+            check_trainer_keys(section, "trainer")
+        except InputError as err:
+            line = key_line(text, err.field.split("."))
+            raise InputError(err.message, path=path, line=line, field=err.field, hint=err.hint) from None
 
 
 def check_encoder(key: str, value: str) -> str:

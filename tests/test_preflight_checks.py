@@ -67,6 +67,18 @@ def test_fit_trainer_key_typo_on_the_command_line(capsys, profile: Path, tmp_pat
     assert "field 'fit.trainer.max_epoch'" in message and "did you mean 'max_epochs'?" in message
 
 
+def test_trainer_key_typo_in_a_fit_fragment_is_found_before_any_stage(capsys, profile: Path, tmp_path: Path) -> None:
+    fragment = tmp_path / "fit.yaml"
+    fragment.write_text("trainer:\n  max_epochs: 1\n  gradient_clip_vale: 1.0\n")
+    message = pipeline_fails_at_once(capsys, profile, tmp_path / "run", "--fit.configs",
+                                     f"[configs/fit/selfinstruct.yaml, {fragment}]")
+    assert f"{fragment}, line 3, field 'trainer.gradient_clip_vale'" in message
+    assert "did you mean 'gradient_clip_val'?" in message
+    missing = tmp_path / "no-such.yaml"
+    message = pipeline_fails_at_once(capsys, profile, tmp_path / "run", "--fit.configs", f"[{missing}]")
+    assert f"{missing}: file not found (fit.configs lists" in message
+
+
 def test_config_file_typo_is_one_line_with_the_file_line_and_key(capsys, profile: Path, tmp_path: Path) -> None:
     fragment = tmp_path / "typo.yaml"
     fragment.write_text("embed:\n  dtype: float16\n  batchsize: 8\n")
