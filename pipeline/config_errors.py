@@ -19,6 +19,7 @@ from core.io import InputError
 
 _KEY_PATTERNS = (
     re.compile(r"Group '(?P<group>[\w.]+)' does not accept option '(?P<option>[\w.]+)'"),
+    re.compile(r"Subcommand '\w+' does not accept option '(?P<key>[\w.]+)'"),
     re.compile(r'Parser key "(?P<group>[\w.]+)":.*?Option \'(?P<option>\w+)\' is not accepted', re.S),
     re.compile(r'Parser key "(?P<key>[\w.]+)"'),
     re.compile(r"unrecognized arguments: --(?P<key>[\w.]+)"),

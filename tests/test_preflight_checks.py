@@ -114,3 +114,11 @@ def test_baselines_keep_the_bm25_row_when_the_dense_row_fails(monkeypatch, tmp_p
     _, _, table = read_results(tmp_path / "results.json")
     assert [row.system for row in table] == ["bm25"] and table[0].metrics["mrr@100"] == 1.0
     assert json.loads((tmp_path / "results.json").read_text())["dataset"] == "tiny_beir"
+
+
+def test_fit_command_typo_names_the_yaml_file_not_the_usage(capsys, tmp_path: Path) -> None:
+    fragment = tmp_path / "fit.yaml"
+    fragment.write_text("trainer:\n  max_epochs: 1\n  acelerator: cpu\n")
+    message = fails(capsys, "fit", "-c", "configs/fit/selfinstruct.yaml", "-c", str(fragment))
+    assert f"{fragment}, line 3, field 'trainer.acelerator': Subcommand 'fit' does not accept option" in message
+    assert "usage:" not in message
