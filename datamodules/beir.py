@@ -236,7 +236,7 @@ class _Judgement:
     line: int
 
 
-QUERY_WORDS, DOC_WORDS = ("query", "qid", "topic"), ("corpus", "doc", "pid", "passage")
+HEADER_WORDS = ("query", "qid", "topic", "corpus", "doc", "pid", "passage")
 
 
 def _is_header(columns: list[str], path: Path, line: int) -> bool:
@@ -249,8 +249,8 @@ def _is_header(columns: list[str], path: Path, line: int) -> bool:
     names = tuple(c.strip().lower() for c in columns)
     if names == QRELS_HEADER:
         return True
-    if len(names) != 3 or names[2].lstrip("+-").isdigit() or not (
-            any(w in names[0] for w in QUERY_WORDS + DOC_WORDS) and any(w in names[1] for w in QUERY_WORDS + DOC_WORDS)):
+    named = all(any(word in name for word in HEADER_WORDS) for name in names[:2])
+    if len(names) != 3 or names[2].lstrip("+-").isdigit() or not named:
         return False
     if sorted(names) == sorted(QRELS_HEADER):
         raise InputError(f"header columns in another order ({', '.join(names)})", path=path, line=line,
@@ -294,8 +294,7 @@ def read_qrels(path: Path) -> list[_Judgement]:
             try:
                 score = int(score_text)
             except ValueError:
-                header = " (a header line names its columns query-id, corpus-id, score)" if judgements == [] \
-                    and not first_seen else ""
+                header = "" if first_seen else " (a header line names its columns query-id, corpus-id, score)"
                 raise InputError(f"'{score_text}' is not an integer", path=path, line=line, field="score",
                                  hint=f"BEIR relevance scores are integers such as 0, 1, 2{header}") from None
             judgement = _Judgement(query_id, doc_id, score, line)
