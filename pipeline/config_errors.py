@@ -58,6 +58,14 @@ def key_line(text: str, parts: list[str]) -> int | None:
     return line
 
 
+def _config_file(arg: str) -> Path | None:
+    """``arg`` as a config file, or None for inline YAML/JSON (which may be too long to be a file name)."""
+    try:
+        return Path(arg) if Path(arg).is_file() else None
+    except OSError:
+        return None
+
+
 def where_set(args: Sequence[str], key: str) -> tuple[str, int | None] | None:
     """Where in ``args`` the key was set last: ``(YAML file, line)``, ``("-c text", line)`` for inline YAML, or
     ``("the command line", None)`` for a ``--key value`` option; None when it was not set there."""
@@ -65,11 +73,10 @@ def where_set(args: Sequence[str], key: str) -> tuple[str, int | None] | None:
     for i, arg in enumerate(args):
         previous = args[i - 1] if i else ""
         if previous in ("-c", "--config"):
-            path = Path(arg)
-            text = path.read_text(encoding="utf-8-sig") if path.is_file() else arg
-            line = key_line(text, parts)
+            path = _config_file(arg)
+            line = key_line(path.read_text(encoding="utf-8-sig") if path else arg, parts)
             if line is not None:
-                found = (str(path) if path.is_file() else "-c text", line)
+                found = (str(path) if path else "-c text", line)
         elif arg.startswith("--"):
             name = arg[2:].partition("=")[0]
             if name == key or key.startswith(f"{name}."):

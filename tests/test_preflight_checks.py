@@ -122,3 +122,16 @@ def test_fit_command_typo_names_the_yaml_file_not_the_usage(capsys, tmp_path: Pa
     message = fails(capsys, "fit", "-c", "configs/fit/selfinstruct.yaml", "-c", str(fragment))
     assert f"{fragment}, line 3, field 'trainer.acelerator': Subcommand 'fit' does not accept option" in message
     assert "usage:" not in message
+
+
+def test_where_set_reads_files_inline_yaml_and_long_inline_json(tmp_path: Path) -> None:
+    from pipeline.config_errors import where_set
+
+    fragment = tmp_path / "a.yaml"
+    fragment.write_text("embed:\n  batch_size: 8\n")
+    inline = json.dumps({"embed": {"dtype": "float16"}, "padding": "x" * 5000})  # longer than a file name may be
+    args = ["-c", str(fragment), "-c", inline, "--embed.sentences", "false"]
+    assert where_set(args, "embed.batch_size") == (str(fragment), 2)
+    assert where_set(args, "embed.dtype") == ("-c text", 1)
+    assert where_set(args, "embed.sentences") == ("the command line", None)
+    assert where_set(args, "embed.encoder") is None
