@@ -85,8 +85,11 @@ def test_config_file_typo_is_one_line_with_the_file_line_and_key(capsys, profile
     message = pipeline_fails_at_once(capsys, profile, tmp_path / "run", "-c", str(fragment))
     assert message.startswith(f"error: {fragment}, line 3, field 'embed.batchsize':")
     assert "did you mean 'embed.batch_size'?" in message and "usage:" not in message
+    fragment.write_text("embed:\n  dtype: float8\n")
+    message = pipeline_fails_at_once(capsys, profile, tmp_path / "run", "-c", str(fragment))
+    assert f"{fragment}, line 2, field 'embed.dtype'" in message and "float8" in message
     message = pipeline_fails_at_once(capsys, profile, tmp_path / "run", "--embed.dtype", "float8")
-    assert "field 'embed.dtype'" in message and "float8" in message and "usage:" not in message
+    assert "error: field 'embed.dtype'" in message and "float8" in message and "usage:" not in message
 
 
 # ----------------------------------------------------------------------------------- baselines
