@@ -21,6 +21,7 @@ from typing import Any
 from core.interrupt import RunInterrupted, stop_on_signals
 from core.io import InputError, ModelNotAvailableError, OutputError
 from pipeline.commands import COMMANDS, named_run_dir, run_command, usage
+from pipeline.config_errors import located
 from pipeline.run_lock import RunDirectoryInUse, check_free
 
 
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
         print(f"stopped: {err}", file=sys.stderr)
         raise
     except (InputError, ModelNotAvailableError, OutputError, RunDirectoryInUse) as err:  # says where and what to do
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {located(err, rest) if isinstance(err, InputError) else err}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -34,7 +34,7 @@ class InputError(ValueError):
         if hint:
             text += f" ({hint})"
         super().__init__(text)
-        self.path, self.line, self.field, self.hint = path, line, field, hint
+        self.message, self.path, self.line, self.field, self.hint = message, path, line, field, hint
 
 
 class OutputError(OSError):
@@ -155,28 +155,74 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]
     return count
 
 
+def decode_utf8_line(raw: bytes, path: str | os.PathLike, line: int) -> str:
+    """Decode one line of a text file, naming file and line when the bytes are not UTF-8.
+
+    A UTF-8 byte-order mark on line 1 (Windows editors write one) is dropped, as ``utf-8-sig`` does: it is not
+    part of the first field, and left in it turns a valid first line into a bogus error.
+    """
+    try:
+        return raw.decode("utf-8-sig" if line == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"not valid UTF-8 ({err.reason} at byte {err.start})", path=path, line=line,
+                         hint="re-encode the file as UTF-8") from None
+
+
+def require_file(path: str | os.PathLike, hint: str) -> Path:
+    """``path`` if it is a file; else an :class:`InputError` that says what is there instead.
+
+    A folder in its place, or only a compressed copy beside it, each get their own message: "file not found"
+    would send the user looking for a file that is there in another form.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise InputError("is a directory, not a file", path=path, hint=hint)
+    packed = path.with_name(path.name + ".gz")
+    if packed.is_file():
+        raise InputError(f"file not found, but {packed.name} is here", path=path,
+                         hint=f"decompress it first: gunzip -k {packed}")
+    raise InputError("file not found", path=path, hint=hint)
+
+
+JSON_LINES_HINT = "JSON Lines holds one complete JSON object per line"
+
+
+def _not_json_lines(text: str, path: Path, line: int) -> InputError | None:
+    """The error for a first line that shows a JSON document rather than JSON Lines, or None."""
+    start = text.lstrip()[:1]
+    if start not in ("[", "{"):
+        return None
+    what = "a JSON array" if start == "[" else "one pretty-printed JSON object over several lines"
+    command = f"jq -c '.[]' {path} > {path}.new" if start == "[" else f"jq -c . {path} > {path}.new"
+    return InputError(f"the file is {what}, not JSON Lines", path=path, line=line,
+                      hint=f"{JSON_LINES_HINT}; convert with: {command} && mv {path}.new {path}")
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line; bad bytes or JSON name the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path=path, hint="check the path in your configuration")
+    path = require_file(path, "check the path in your configuration")
+    first = True
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InputError(f"not valid UTF-8 ({err.reason} at byte {err.start})", path=path, line=line_no,
-                                 hint="re-encode the file as UTF-8") from None
+            text = decode_utf8_line(raw, path, line_no)
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as err:
-                raise InputError(f"malformed JSON ({err.msg} at column {err.colno})", path=path, line=line_no,
-                                 hint="each line must be one complete JSON object; a truncated last line "
-                                      "usually means an interrupted write") from None
+                document = _not_json_lines(text, path, line_no) if first else None
+                raise document or InputError(
+                    f"malformed JSON ({err.msg} at column {err.colno})", path=path, line=line_no,
+                    hint="each line must be one complete JSON object; a truncated last line usually means an "
+                         "interrupted write") from None
             if not isinstance(obj, dict):
-                raise InputError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=line_no)
+                hint = f"the file is one JSON array; {JSON_LINES_HINT}: convert with: jq -c '.[]' {path}" \
+                    if first and isinstance(obj, list) else None
+                raise InputError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=line_no,
+                                 hint=hint)
+            first = False
             yield line_no, obj
 
 

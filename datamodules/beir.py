@@ -7,9 +7,10 @@ check runs on arrow columns. A column check can only say *that* something is wro
 
 The rules are BEIR's own (``GenericDataLoader`` and its models): a document's text is
 ``(title + " " + text).strip()``; the title may be missing or empty, the text may be empty when a
-title exists; only the queries judged in the split are kept. Where BEIR is silent we are strict:
-a repeated id, a judgement naming an unknown id or a blank document is reported, never guessed.
-Numeric JSON ids are read as their decimal text, because qrels ids are text.
+title exists; only the queries judged in the split are kept. A document with neither is kept too, as
+BEIR keeps it (``empty_documents``: keep, drop or error; kept or dropped with a warning that gives their
+count and lines). Where BEIR is silent we are strict: a repeated id or a judgement naming an unknown id is
+reported, never guessed. Numeric JSON ids are read as their decimal text, because qrels ids are text.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.fingerprint import file_signature
-from core.io import InputError, atomic_open, iter_jsonl, require_field, write_jsonl_atomic
+from core.io import (InputError, atomic_open, decode_utf8_line, iter_jsonl, require_field, require_file,
+                     write_jsonl_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ QRELS_HEADER = ("query-id", "corpus-id", "score")
 LAYOUT_HINT = "a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
 EXAMPLES_SHOWN = 3
 JSON_CHUNK_BYTES = 10 << 20  # bytes the json builder parses at once (its default); fields may vary between chunks
+EmptyDocuments = Literal["keep", "drop", "error"]
+UnknownIds = Literal["warn", "fail", "keep"]
+NOT_COMPARABLE = ("scores are no longer comparable with BEIR and pytrec_eval, which count a judged document "
+                  "missing from the corpus as relevant and never retrieved")
 
 
 @dataclass(frozen=True)
@@ -87,10 +93,7 @@ def _check_document(obj: dict[str, Any], path: Path, line: int) -> str | int:
     title = obj.get("title")
     if title is not None and not isinstance(title, str):
         raise InputError(f"expected str, got {type(title).__name__}", path=path, line=line, field="title")
-    if not (title or "").strip() and not text.strip():
-        raise InputError("empty document: 'title' and 'text' are both empty", path=path, line=line, field="text",
-                         hint="give the document some text or remove it (and its judgements)")
-    return doc_id
+    return doc_id  # an empty document is the empty_documents policy's business (_empty_documents)
 
 
 def _check_query(obj: dict[str, Any], path: Path, line: int) -> str | int:
@@ -126,11 +129,7 @@ def _column_problem(table: pa.Table, kind: _RecordKind) -> str | None:
         return "a missing '_id' or 'text'"
     if pc.any(_blank(ids)).as_py():
         return "an empty '_id'"
-    if kind is DOCUMENTS:
-        titles = pc.fill_null(table.column("title"), "")
-        if pc.any(pc.and_(_blank(titles), _blank(text))).as_py():
-            return "a document with empty 'title' and 'text'"
-    elif pc.any(_blank(text)).as_py():
+    if kind is QUERIES and pc.any(_blank(text)).as_py():
         return "an empty 'text'"
     if pc.count_distinct(ids).as_py() != len(ids):
         return "a repeated '_id'"
@@ -246,17 +245,41 @@ class _Judgement:
     line: int
 
 
-def decode_utf8_line(raw: bytes, path: Path, line: int) -> str:
-    """Decode one line of a text file, naming file and line when the bytes are not UTF-8."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(f"not valid UTF-8 ({err.reason} at byte {err.start})", path=path, line=line,
-                         hint="re-encode the file as UTF-8") from None
+HEADER_WORDS = ("query", "qid", "topic", "corpus", "doc", "pid", "passage")
+
+
+def _is_header(columns: list[str], path: Path, line: int) -> bool:
+    """Whether the first line is a header: BEIR's names, or other names for them (``qid docid rel``).
+
+    BEIR's loader skips the first line whatever it holds; here other names are accepted with a warning when
+    they read as a query and a document column over no score, and BEIR's names in another order are refused
+    (the columns would be read swapped). Anything else on line 1 is data, and checked as such.
+    """
+    names = tuple(c.strip().lower() for c in columns)
+    if names == QRELS_HEADER:
+        return True
+    named = all(any(word in name for word in HEADER_WORDS) for name in names[:2])
+    if len(names) != 3 or names[2].lstrip("+-").isdigit() or not named:
+        return False
+    if sorted(names) == sorted(QRELS_HEADER):
+        raise InputError(f"header columns in another order ({', '.join(names)})", path=path, line=line,
+                         hint=f"BEIR reads the columns as {', '.join(QRELS_HEADER)}: reorder them")
+    log.warning("%s: line %d read as a header with other column names (%s); BEIR's are %s, in that order",
+                path, line, ", ".join(names), ", ".join(QRELS_HEADER))
+    return True
+
+
+def _column_count_error(text: str, columns: list[str], path: Path, line: int) -> InputError:
+    hint = "BEIR qrels separate the columns by tabs"
+    if len(text.split()) == 4:
+        hint = ("this looks like TREC qrels (query-id iteration doc-id score); convert with: "
+                f"awk -v OFS='\\t' '{{print $1, $3, $4}}' {path}")
+    return InputError(f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(columns)}",
+                      path=path, line=line, hint=hint)
 
 
 def read_qrels(path: Path) -> list[_Judgement]:
-    """Parse a BEIR qrels TSV; the ``query-id corpus-id score`` header line is optional."""
+    """Parse a BEIR qrels TSV; the header line is optional (see :func:`_is_header`)."""
     judgements: list[_Judgement] = []
     first_seen: dict[tuple[str, str], _Judgement] = {}
     repeats = 0
@@ -267,13 +290,12 @@ def read_qrels(path: Path) -> list[_Judgement]:
             if not text.strip():
                 continue
             columns = text.split("\t")
-            is_header = not seen_content and tuple(c.strip().lower() for c in columns) == QRELS_HEADER
+            is_header = not seen_content and _is_header(columns, path, line)
             seen_content = True
             if is_header:
                 continue
             if len(columns) != 3:
-                raise InputError(f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(columns)}",
-                                 path=path, line=line, hint="BEIR qrels separate the columns by tabs")
+                raise _column_count_error(text, columns, path, line)
             query_id, doc_id, score_text = columns
             for name, value in (("query-id", query_id), ("corpus-id", doc_id)):
                 if not value.strip():
@@ -281,8 +303,9 @@ def read_qrels(path: Path) -> list[_Judgement]:
             try:
                 score = int(score_text)
             except ValueError:
+                header = "" if first_seen else " (a header line names its columns query-id, corpus-id, score)"
                 raise InputError(f"'{score_text}' is not an integer", path=path, line=line, field="score",
-                                 hint="BEIR relevance scores are integers such as 0, 1, 2") from None
+                                 hint=f"BEIR relevance scores are integers such as 0, 1, 2{header}") from None
             judgement = _Judgement(query_id, doc_id, score, line)
             earlier = first_seen.get((query_id, doc_id))
             if earlier is not None:
@@ -306,8 +329,13 @@ def _count_phrase(items: list[_Judgement], what: str, attribute: str) -> str:
 
 
 def _resolve_unknown_ids(judgements: list[_Judgement], corpus: dict[str, Document], queries: dict[str, str],
-                         path: Path, unknown_ids: Literal["warn", "fail"]) -> list[_Judgement]:
-    """Count judgements naming ids absent from corpus or queries; drop them with a warning or fail."""
+                         path: Path, unknown_ids: UnknownIds) -> list[_Judgement]:
+    """Count judgements naming ids absent from corpus or queries; drop them with a warning, keep or fail.
+
+    ``keep`` scores them as BEIR does: a judged document missing from the corpus stays in the qrels (relevant,
+    never retrieved); a judgement of a query without text is dropped all the same (there is nothing to
+    search with; BEIR's loader stops there with a KeyError).
+    """
     unknown_queries = [j for j in judgements if j.query_id not in queries]
     unknown_docs = [j for j in judgements if j.doc_id not in corpus]
     if not unknown_queries and not unknown_docs:
@@ -319,25 +347,28 @@ def _resolve_unknown_ids(judgements: list[_Judgement], corpus: dict[str, Documen
         parts.append(_count_phrase(unknown_queries, "queries", "query_id"))
     message = "; ".join(parts)
     if unknown_ids == "fail":
-        raise InputError(message, path=path, hint="fix the ids, or load with unknown_ids='warn' to drop them")
-    log.warning("%s: %s; dropped them (unknown_ids='warn')", path, message)
+        raise InputError(message, path=path, hint="fix the ids, or set data.unknown_ids to 'warn' (drop them) "
+                                                  "or 'keep' (score them as BEIR does)")
+    if unknown_ids == "keep":
+        kept = "kept the documents' judgements as BEIR does (relevant, never retrieved)"
+        dropped = "; dropped the queries' judgements (no text to search with)" if unknown_queries else ""
+        log.warning("%s: %s; %s%s (data.unknown_ids: keep)", path, message, kept, dropped)
+        return [j for j in judgements if j.query_id in queries]
+    consequence = f"; {NOT_COMPARABLE} (set data.unknown_ids to 'keep' to score them so)" if unknown_docs else ""
+    log.warning("%s: %s; dropped them (data.unknown_ids: warn)%s", path, message, consequence)
     return [j for j in judgements if j.query_id in queries and j.doc_id in corpus]
 
 
 # --------------------------------------------------------------------------- loading
 
-def _require_file(path: Path) -> Path:
-    if not path.is_file():
-        raise InputError("file not found", path=path, hint=LAYOUT_HINT)
-    return path
-
-
 def available_splits(root: Path) -> list[str]:
-    return sorted(p.stem for p in (root / QRELS_DIR).glob("*.tsv"))
+    return sorted(p.stem for p in (root / QRELS_DIR).glob("*.tsv") if p.is_file())
 
 
 def _qrels_path(root: Path, split: str) -> Path:
     path = root / QRELS_DIR / f"{split}.tsv"
+    if path.exists() or path.with_name(path.name + ".gz").exists():
+        return require_file(path, LAYOUT_HINT)  # a folder or a compressed copy, said as such
     if not path.is_file():
         splits = available_splits(root)
         found = f"splits here: {', '.join(splits)}" if splits else f"no qrels/*.tsv in {root}"
@@ -345,25 +376,76 @@ def _qrels_path(root: Path, split: str) -> Path:
     return path
 
 
-def load_beir(root: str | Path, split: str = "test", unknown_ids: Literal["warn", "fail"] = "warn",
-              cache_dir: str | Path | None = None) -> BeirDataset:
+def _record_lines(path: Path, rows: list[int]) -> list[int]:
+    """The line numbers of the given record rows (the json builder skips blank lines; so does this count)."""
+    wanted, found, row = set(rows), {}, -1
+    with open(path, "rb") as handle:
+        for line, raw in enumerate(handle, start=1):
+            if raw.strip():
+                row += 1
+                if row in wanted:
+                    found[row] = line
+                    if len(found) == len(wanted):
+                        break
+    return [found[r] for r in rows]
+
+
+def _empty_documents(table: pa.Table, path: Path, policy: EmptyDocuments,
+                     judged: set[str]) -> pa.Table:
+    """Apply the ``empty_documents`` policy to documents whose title and text are both blank.
+
+    Kept by default, as BEIR keeps them: generation gets an empty prompt text, embedding an empty text, and
+    a judged one stays in the qrels, so scores match BEIR's. A warning gives their count and first lines.
+    """
+    titles = pc.fill_null(table.column("title"), "")
+    empty = pc.and_(_blank(titles), _blank(table.column("text")))
+    rows = pc.indices_nonzero(empty).to_pylist()
+    if not rows:
+        return table
+    lines = _record_lines(path, rows[:EXAMPLES_SHOWN])
+    ids = table.column("_id").take(pa.array(rows)).to_pylist()
+    where = ", ".join(f"line {line}" for line in lines) + (", ..." if len(rows) > len(lines) else "")
+    n_judged = sum(doc_id in judged for doc_id in ids)
+    what = f"{len(rows)} empty document(s), 'title' and 'text' both blank ({where}); {n_judged} of them judged"
+    if policy == "error":
+        raise InputError(f"empty document: 'title' and 'text' are both empty ({what})", path=path, line=lines[0],
+                         field="text", hint="give the document some text or remove it (and its judgements), or set "
+                                            "data.empty_documents to 'keep' (as BEIR does) or 'drop'")
+    if policy == "drop":
+        log.warning("%s: %s; dropped them (data.empty_documents: drop)%s", path, what,
+                    "; their judgements now name unknown documents" if n_judged else "")
+        return table.filter(pc.invert(empty))
+    log.warning("%s: %s; kept them as BEIR does (data.empty_documents: keep|drop|error)", path, what)
+    return table
+
+
+def _check_option(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+
+
+def load_beir(root: str | Path, split: str = "test", unknown_ids: UnknownIds = "warn",
+              cache_dir: str | Path | None = None, empty_documents: EmptyDocuments = "keep") -> BeirDataset:
     """Read one split of a BEIR folder, checked; raise :class:`InputError` naming file, line and field.
 
     ``unknown_ids`` decides what a judgement naming an absent query or document does: "warn" drops
-    it with a logged warning (BEIR would silently score it as unretrievable), "fail" raises.
+    it with a logged warning (the scores then differ from BEIR's), "keep" scores it as BEIR does,
+    "fail" raises. ``empty_documents``: see :func:`_empty_documents`.
     ``cache_dir`` is the ``datasets`` cache (default: ``HF_DATASETS_CACHE``).
     """
-    if unknown_ids not in ("warn", "fail"):
-        raise ValueError(f"unknown_ids must be 'warn' or 'fail', got {unknown_ids!r}")
+    _check_option("unknown_ids", unknown_ids, ("warn", "fail", "keep"))
+    _check_option("empty_documents", empty_documents, ("keep", "drop", "error"))
     root = Path(root)
     if not root.is_dir():
         raise InputError("BEIR folder not found", path=root, hint=LAYOUT_HINT)
-    corpus_path, queries_path = _require_file(root / CORPUS_FILE), _require_file(root / QUERIES_FILE)
+    corpus_path = require_file(root / CORPUS_FILE, LAYOUT_HINT)
+    queries_path = require_file(root / QUERIES_FILE, LAYOUT_HINT)
     qrels_path = _qrels_path(root, split)
     cache = None if cache_dir is None else Path(cache_dir)
 
     judgements = read_qrels(qrels_path)  # cheap: fail on bad qrels before building a large corpus cache
     corpus_table = _read_records(corpus_path, DOCUMENTS, cache)
+    corpus_table = _empty_documents(corpus_table, corpus_path, empty_documents, {j.doc_id for j in judgements})
     titles = pc.fill_null(corpus_table.column("title"), "").to_pylist()
     corpus = dict(zip(corpus_table.column("_id").to_pylist(),
                       map(Document, titles, corpus_table.column("text").to_pylist())))

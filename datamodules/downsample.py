@@ -13,10 +13,9 @@ import heapq
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from core.io import InputError, write_text_atomic
-from datamodules.beir import EXAMPLES_SHOWN, BeirDataset, decode_utf8_line, load_beir
+from core.io import InputError, decode_utf8_line, write_text_atomic
+from datamodules.beir import EXAMPLES_SHOWN, BeirDataset, EmptyDocuments, UnknownIds, load_beir
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +50,21 @@ class DataConfig:
         path: BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).
         split: qrels split to evaluate on.
         unknown_ids: what a judgement naming an absent query or document does: drop it with a
-            warning ("warn") or stop ("fail").
+            warning ("warn": scores then differ from BEIR's and pytrec_eval's), keep it and score it as
+            BEIR does ("keep": a judged document missing from the corpus is relevant and never retrieved),
+            or stop ("fail").
         downsample: optional seeded downsampling applied after loading.
         cache_dir: the ``datasets`` cache (default: ``HF_DATASETS_CACHE``).
+        empty_documents: a document whose title and text are both empty: "keep" it as BEIR does (every
+            stage then sees an empty text), "drop" it, or stop ("error"); kept or dropped with a warning.
     """
 
     path: Path
     split: str = "test"
-    unknown_ids: Literal["warn", "fail"] = "warn"
+    unknown_ids: UnknownIds = "warn"
     downsample: DownsampleConfig | None = None
     cache_dir: Path | None = None
+    empty_documents: EmptyDocuments = "keep"
 
 
 def _hash_rank(seed: int, stream: str, item_id: str) -> bytes:
@@ -96,7 +100,9 @@ def _restrict(dataset: BeirDataset, path: Path) -> tuple[dict, dict]:
         raise InputError(f"{len(unknown)} id(s) are not in the corpus of {dataset.root} (e.g. {examples})", path=path,
                          hint="the list must name documents of the dataset being restricted")
     corpus = {doc_id: doc for doc_id, doc in dataset.corpus.items() if doc_id in allowed}
-    qrels = {qid: docs for qid, docs in dataset.qrels.items() if all(doc_id in corpus for doc_id in docs)}
+    # a judged document outside the whole corpus (unknown_ids: keep) cannot survive the cut and does not count
+    qrels = {qid: docs for qid, docs in dataset.qrels.items()
+             if all(doc_id in corpus or doc_id not in dataset.corpus for doc_id in docs)}
     if not qrels:
         raise InputError(f"no query of split '{dataset.split}' has all its judged documents in this list", path=path)
     log.info("restricted to %d documents of %s; %d of %d queries have all judged documents in it",
@@ -119,7 +125,7 @@ def downsample(dataset: BeirDataset, config: DownsampleConfig) -> BeirDataset:
         kept = seeded_choice(list(qrels), config.n_queries, config.seed, "queries")
         qrels = {qid: docs for qid, docs in qrels.items() if qid in kept}
     if config.corpus_size is not None:
-        judged = {doc_id for docs in qrels.values() for doc_id in docs}
+        judged = {doc_id for docs in qrels.values() for doc_id in docs if doc_id in corpus}
         if not len(judged) <= config.corpus_size <= len(corpus):
             raise InputError(f"corpus_size {config.corpus_size} must lie between the {len(judged)} documents the "
                              f"kept queries judge and the {len(corpus)} available", field="corpus_size")
@@ -139,7 +145,7 @@ def record_kept_ids(dataset: BeirDataset, run_dir: Path) -> None:
 
 def load_dataset_from_config(config: DataConfig, run_dir: Path | None = None) -> BeirDataset:
     """Load, restrict and downsample as configured; record the kept ids only once all of it succeeded."""
-    dataset = load_beir(config.path, config.split, config.unknown_ids, config.cache_dir)
+    dataset = load_beir(config.path, config.split, config.unknown_ids, config.cache_dir, config.empty_documents)
     if config.downsample is not None:
         dataset = downsample(dataset, config.downsample)
     if run_dir is not None:

@@ -32,14 +32,12 @@ from retrieval.vectors import check_ids
 
 
 def check_items(items: Sequence[tuple[str, str]]) -> None:
-    """Ids unique strings, texts non-empty strings: an empty text has no meaningful vector."""
+    """Ids unique strings, texts strings. An empty text is embedded as it is (only the special tokens), as
+    sentence-transformers and BEIR embed an empty document; empty synthetic texts are left out upstream."""
     check_ids([item[0] for item in items], what="items ids")
     for position, (key, text) in enumerate(items):
         if not isinstance(text, str):
             raise InputError(f"item {position} (id '{key}') has a {type(text).__name__} text", field="text")
-        if not text.strip():
-            raise InputError(f"item {position} (id '{key}') has an empty text", field="text",
-                             hint="drop the item before embedding, or give it a title")
 
 
 class TextBatchCollator:

@@ -47,7 +47,8 @@ Documents = Union[BeirDataset, Sequence[DocumentTriple]]
 
 
 def document_triples(documents: Documents) -> list[DocumentTriple]:
-    """``(doc_id, title, text)`` in corpus order, checked: unique string ids, some title or text to read."""
+    """``(doc_id, title, text)`` in corpus order, checked: unique string ids. A document with neither title nor
+    text is generated for with an empty prompt text, as BEIR keeps it (``data.empty_documents``)."""
     if isinstance(documents, BeirDataset):
         return [(doc_id, doc.title, doc.text) for doc_id, doc in documents.corpus.items()]
     triples = [tuple(item) for item in documents]
@@ -55,9 +56,6 @@ def document_triples(documents: Documents) -> list[DocumentTriple]:
         if len(item) != 3 or not all(isinstance(part, str) for part in item):
             raise InputError(f"document {position} is {item!r:.80}; expected (doc_id, title, text) strings",
                              field="documents")
-        if not (item[1].strip() or item[2].strip()):
-            raise InputError(f"document {position} (id '{item[0]}') has an empty title and text", field="text",
-                             hint="drop the document before generating: there is nothing to ask about")
     check_ids([item[0] for item in triples], what="document ids")
     return triples  # type: ignore[return-value]
 

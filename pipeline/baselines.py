@@ -16,14 +16,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
+from core.io import InputError
 from datamodules.beir import BeirDataset
 from datamodules.downsample import DataConfig, load_dataset_from_config
-from lightning_modules.loading import resolve_model_source
 from pipeline.embed import embed_texts
+from pipeline.preflight import check_encoder, check_trainer_keys
 from pipeline.run_lock import run_lock
 from retrieval.bm25 import BM25Config, bm25_search
 from retrieval.metrics import evaluate_run
-from retrieval.results import DEFAULT_COLUMNS, ResultRow, format_table, update_results
+from retrieval.results import DEFAULT_COLUMNS, RESULTS_JSON, ResultRow, format_table, read_results, update_results
 from retrieval.search import SearchConfig
 from retrieval.search import search as vector_search
 
@@ -63,6 +64,19 @@ def dataset_label(data: DataConfig) -> str:
     return f"{name}-q{cut.n_queries or 'all'}-d{cut.corpus_size or 'all'}-seed{cut.seed}"
 
 
+def _check_output(run_dir: Path, dataset_name: str, split: str) -> None:
+    """The output folder can take this table: a folder (or nothing yet) whose results, if any, are this split's."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError("is a file", path=run_dir, field="output_dir", hint="give a folder (created when missing)")
+    path = run_dir / RESULTS_JSON
+    if path.is_file():
+        old_dataset, old_split, _ = read_results(path)
+        if (old_dataset, old_split) != (dataset_name, split):
+            raise InputError(f"holds results for {old_dataset} ({old_split}), not {dataset_name} ({split})",
+                             path=path, field="output_dir",
+                             hint="choose another output directory, or delete the old results")
+
+
 def _timed_row(system: str, dataset: BeirDataset, search: SearchConfig, extra: dict[str, Any],
                retrieve: Callable[[], dict[str, dict[str, float]]]) -> ResultRow:
     start = time.perf_counter()
@@ -91,21 +105,31 @@ def run_baselines(data: DataConfig, output_dir: Path | None = None, encoder: str
         trainer: keyword arguments for the Lightning Trainer that embeds (e.g. {"accelerator": "gpu", "devices": 1}).
 
     Returns:
-        The rows computed by this call (the full table, with earlier rows, is in results.json).
+        The rows computed by this call (the full table, with earlier rows, is in results.json, where each row
+        is written as soon as it is computed: a later failure keeps the rows before it).
     """
     chosen = _check_systems(systems)
     model = encoder if encoder is not None else default_encoder()
+    check_trainer_keys(trainer or {}, "trainer")  # every setting and model checked before anything is computed
     if "dense" in chosen:
-        resolve_model_source(model)  # an unavailable model fails now, not after BM25 has run
+        check_encoder("encoder", model)
     dataset_name = dataset_label(data)
     run_dir = Path(output_dir) if output_dir is not None else Path("runs/baselines") / dataset_name
+    _check_output(run_dir, dataset_name, data.split)
     with run_lock(run_dir):  # one command per output folder: results.json is read, extended and rewritten
         dataset = load_dataset_from_config(data, run_dir=run_dir)
         queries = list(dataset.queries.items())  # the split's judged queries only (load_beir keeps no others)
         documents = [(doc_id, dataset.doc_text(doc_id)) for doc_id in dataset.doc_ids]
         rows: list[ResultRow] = []
+        table: list[ResultRow] = []
+
+        def keep(row: ResultRow) -> None:
+            nonlocal table
+            rows.append(row)
+            table = update_results(run_dir, dataset_name, data.split, [row])
+
         if "bm25" in chosen:
-            rows.append(_timed_row("bm25", dataset, search, {"bm25": asdict(bm25)}, lambda: bm25_search(
+            keep(_timed_row("bm25", dataset, search, {"bm25": asdict(bm25)}, lambda: bm25_search(
                 documents, queries, bm25, ignore_identical_ids=search.ignore_identical_ids)))
         if "dense" in chosen:
             def dense_run() -> dict[str, dict[str, float]]:
@@ -115,8 +139,7 @@ def run_baselines(data: DataConfig, output_dir: Path | None = None, encoder: str
                                                        batch_size=batch_size, trainer_kwargs=trainer)
                 return vector_search(query_ids, query_vectors, doc_ids, doc_vectors, search)
 
-            rows.append(_timed_row("dense", dataset, search, {"encoder": model, "search": asdict(search)}, dense_run))
-        table = update_results(run_dir, dataset_name, data.split, rows)
+            keep(_timed_row("dense", dataset, search, {"encoder": model, "search": asdict(search)}, dense_run))
         print(f"\n{dataset_name} ({data.split}): {len(queries)} judged queries, {len(documents)} documents\n")
         print(format_table(table, DEFAULT_COLUMNS))
         print(f"\nwritten: {run_dir / 'results.json'}, {run_dir / 'results.md'}")

@@ -86,20 +86,28 @@ def command_parser(name: str) -> Any:
     command = COMMANDS.get(name)
     function = command.function()
     parser = ArgumentParser(prog=f"train.py {name}", description=command.summary, env_prefix="SIR",
-                            default_env=False)
+                            default_env=False, exit_on_error=False)  # errors: parse_command's one line
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config; repeat to compose fragments")
     parser.add_function_arguments(function, fail_untyped=True, skip=set(command.fixed))
     return parser
 
 
 def parse_command(name: str, args: Sequence[str]) -> dict[str, Any]:
-    """The keyword arguments ``args`` give the command's function (the command's fixed ones included)."""
+    """The keyword arguments ``args`` give the command's function (the command's fixed ones included).
+
+    A bad key or value raises an :class:`InputError` naming the key and the YAML file and line that set it
+    (:mod:`pipeline.config_errors`), instead of jsonargparse's usage.
+    """
+    from jsonargparse import ArgumentError
+
+    from pipeline.config_errors import parse_error, parser_keys
+
     parser = command_parser(name)
-    config = parser.parse_args(list(args))
     try:
+        config = parser.parse_args(list(args))
         kwargs = parser.instantiate(config).as_dict()
-    except (ValueError, TypeError) as err:  # a config dataclass rejected a value: say which, no traceback
-        parser.error(str(err))
+    except (ArgumentError, ValueError, TypeError) as err:  # a bad key, or a config dataclass rejected a value
+        raise parse_error(str(err), args, parser_keys(parser), name) from None
     kwargs.pop("config", None)
     kwargs.pop("__path__", None)
     return {**kwargs, **COMMANDS.get(name).fixed}

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -49,6 +49,7 @@ from core.paper import PAPER_TUNING
 from datamodules.selfinstruct import SelfInstructDataModule
 from lightning_modules.generator import GeneratorModule
 from lightning_modules.seq2seq import Seq2SeqModule
+from pipeline.config_errors import parse_error
 
 DEFAULT_RUN_DIR = "runs/fit"
 CONFIG_FILE = "config.yaml"
@@ -221,15 +222,24 @@ class _ParseOnlyCLI(SelfInstructCLI):
         pass
 
 
-def _quiet_cli(cli_class: type[SelfInstructCLI], args: Sequence[str]) -> SelfInstructCLI:
+def _quiet_cli(cli_class: type[SelfInstructCLI], args: Sequence[str], **kwargs: Any) -> SelfInstructCLI:
     with warnings.catch_warnings():  # train.py passes argv on purpose; Lightning warns when both are present
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        return cli_class(args=list(args))
+        return cli_class(args=list(args), **kwargs)
 
 
 def run_lightning_cli(args: Sequence[str]) -> SelfInstructCLI:
-    """Run a LightningCLI subcommand (``["fit", "-c", "a.yaml", "--trainer.max_epochs", "3"]``); return the CLI."""
-    return _quiet_cli(SelfInstructCLI, args)
+    """Run a LightningCLI subcommand (``["fit", "-c", "a.yaml", "--trainer.max_epochs", "3"]``); return the CLI.
+
+    A bad key or value raises an :class:`InputError` naming the key and the YAML file and line that set it
+    (:mod:`pipeline.config_errors`), instead of the subcommand's usage (about 130 lines) before the error.
+    """
+    no_exit = {"exit_on_error": False}
+    try:
+        return _quiet_cli(SelfInstructCLI, args, parser_kwargs={
+            **no_exit, **{name: no_exit for name in LightningCLI.subcommands()}})
+    except ArgumentError as err:
+        raise parse_error(str(err), args, [], args[0] if args else "fit") from None
 
 
 def parse_lightning_config(args: Sequence[str]) -> Namespace:

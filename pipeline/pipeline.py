@@ -30,7 +30,7 @@ from lightning_modules.precision import resolve_trainer_precision
 from pipeline import layout
 from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, LoggerConfig, Stage1Config
 from pipeline.context import PipelineContext
-from pipeline.preflight import check_models, check_paths
+from pipeline.preflight import check_fit_configs, check_models, check_paths, check_settings
 from pipeline.report import print_summary
 from pipeline.run_lock import run_lock
 from pipeline.runner import StageOutcome, execute_plan, plan_stages
@@ -85,6 +85,7 @@ def run_pipeline(data: DataConfig,
                           generation=generation, filter=filter, fit=fit, embed=embed, rao_blackwell=rao_blackwell,
                           evaluate=evaluate, trainer=trainer_settings, logger=logger, precision=precision)
     all_stages = build_stages(ctx)
+    check_settings(ctx)
     check_paths(ctx)  # before anything is written: a wrong path costs seconds, not a stage
     is_zero = rank_zero_only.rank == 0
     # a second run on run_dir refuses here, before any work; SIGTERM/SIGINT stop it between batches or stages
@@ -92,7 +93,9 @@ def run_pipeline(data: DataConfig,
         planned = plan_stages(all_stages, run_dir, only=stages, force=force or ())
         for item in planned:
             log.info("plan: %-8s %s", item.stage.name, item.action)
-        check_models(ctx, [item.stage.name for item in planned if item.action == "run"])
+        running = [item.stage.name for item in planned if item.action == "run"]
+        check_models(ctx, running)
+        check_fit_configs(ctx, running)
         try:
             outcomes = execute_plan(planned, run_dir, is_global_zero=is_zero)
         finally:

@@ -13,7 +13,12 @@ What "checked" means (issue 6, security):
 * the models the planned stages load resolve now (a local folder with ``config.json``, a packaged offline
   copy, a cached or reachable hub name), and a folder holding only pickled weights is refused unless the
   model sets ``allow_pickle_weights`` (the encoders never do). Which models a generator loads is its own
-  business (:meth:`GeneratorModule.model_sources`, :meth:`GeneratorModule.encoder_source`).
+  business (:meth:`GeneratorModule.model_sources`, :meth:`GeneratorModule.encoder_source`);
+* every ``trainer`` and ``fit.trainer`` key is a ``Trainer`` argument (a typo would otherwise surface at the
+  tune stage, or as a ``TypeError`` at stage 2 when tuning is skipped).
+
+Each error names its config key (``embed.encoder``, ``trainer.acelerator``); ``train.py`` adds the YAML file
+that set it (:func:`pipeline.commands.where_set`).
 
 ``..`` is allowed: paths in a profile are the user's own. No path is ever built from the data: part files
 are named by rank, attempt and batch index, and ids and texts live inside files, never in their names.
@@ -21,13 +26,19 @@ are named by rank, attempt and batch index, and ids and texts live inside files,
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
-from core.io import InputError
+import yaml
+
+from core.io import InputError, require_file
 from lightning_modules.encoder import resolve_encoder_source
 from lightning_modules.loading import ModelNotAvailableError, check_weight_format, resolve_model_source
+from pipeline.config_errors import key_line
 from pipeline.context import PipelineContext
 from pipeline.sources import STAGE1_SOURCES
 
@@ -55,6 +66,60 @@ def check_paths(ctx: PipelineContext) -> None:
                          hint="keep the run directory outside the dataset (and the dataset outside it): stages "
                               "would write into the dataset and every rerun would start over")
     STAGE1_SOURCES.get(ctx.stage1.source)().check(ctx)
+
+
+def check_trainer_keys(settings: Mapping[str, Any], key: str) -> None:
+    """Every key of ``settings`` is an argument of ``Trainer.__init__``; an unknown one is named with the
+    closest argument, so ``trainer.acelerator`` says "did you mean 'accelerator'" before any stage runs."""
+    from lightning.pytorch import Trainer  # with the check: train.py --help must not import Lightning
+
+    known = [name for name in inspect.signature(Trainer.__init__).parameters if name != "self"]
+    for name in settings:
+        if name.removesuffix("+") not in known:  # "callbacks+" appends in jsonargparse's YAML
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "see the arguments of lightning.pytorch.Trainer"
+            raise InputError("not an argument of lightning.pytorch.Trainer", field=f"{key}.{name}", hint=hint)
+
+
+def check_settings(ctx: PipelineContext) -> None:
+    """Settings no stage would check before using them: the Trainer keys of ``trainer`` and ``fit.trainer``."""
+    check_trainer_keys(ctx.trainer, "trainer")
+    check_trainer_keys(ctx.fit.trainer, "fit.trainer")
+
+
+def check_fit_configs(ctx: PipelineContext, running: Collection[str]) -> None:
+    """When tuning runs: each ``fit.configs`` fragment exists, and its ``trainer:`` keys are Trainer arguments
+    (the fit CLI would report a typo there only when the tune stage starts, after its whole usage)."""
+    if "tune" not in running:
+        return
+    for config in ctx.fit.configs:
+        path = require_file(config, "fit.configs lists LightningCLI fit fragments, e.g. configs/fit/selfinstruct.yaml")
+        text = path.read_text(encoding="utf-8-sig")
+        try:
+            section = (yaml.safe_load(text) or {}).get("trainer") or {}
+        except (yaml.YAMLError, AttributeError) as err:
+            raise InputError(f"not a YAML mapping ({err})", path=path, field="fit.configs") from None
+        try:
+            check_trainer_keys(section, "trainer")
+        except InputError as err:
+            line = key_line(text, err.field.split("."))
+            raise InputError(err.message, path=path, line=line, field=err.field, hint=err.hint) from None
+
+
+def check_encoder(key: str, value: str) -> str:
+    """An encoder folder or hub name resolves to a loadable model now; return the folder (or name) it loads.
+
+    A sentence-transformers folder may keep its transformer in a subfolder: the folder that must hold
+    ``config.json`` is the one its ``modules.json`` names. Pickled weights are refused (encoders never opt in).
+    """
+    try:
+        source = resolve_model_source(resolve_encoder_source(value).model_path)
+        check_weight_format(source, allow_pickle=False)
+    except ModelNotAvailableError as err:
+        raise ModelNotAvailableError(f"{key}: {err}") from None
+    except ValueError as err:  # an unsupported sentence-transformers module
+        raise InputError(str(err), field=key) from None
+    return source
 
 
 def _no_encoder(ctx: PipelineContext, key: str) -> InputError:
@@ -98,13 +163,12 @@ def check_models(ctx: PipelineContext, running: Collection[str]) -> None:
     """Every model the ``running`` stages load resolves now; pickled weights only where the model allows them."""
     init = ctx.model_config["init_args"]
     for key, (value, weights) in _model_sources(ctx, running).items():
+        if not key.startswith("model.init_args"):
+            check_encoder(key, value)
+            continue
         try:
-            if key.startswith("model.init_args"):
-                source = resolve_model_source(value)
-                allow_pickle = bool(init.get("allow_pickle_weights"))
-            else:  # an encoder may be a sentence-transformers folder whose transformer sits in a subfolder
-                source, allow_pickle = resolve_encoder_source(value).model_path, False
+            source = resolve_model_source(value)
             if weights:
-                check_weight_format(source, allow_pickle)
+                check_weight_format(source, bool(init.get("allow_pickle_weights")))
         except ModelNotAvailableError as err:
             raise ModelNotAvailableError(f"{key}: {err}") from None

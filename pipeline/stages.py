@@ -140,8 +140,10 @@ def run_evaluate(ctx: PipelineContext) -> None:
 
 
 def _data_settings(data: DataConfig) -> dict[str, object]:
-    """The data stage's settings without where the folder and the cache lie (its files are hashed instead)."""
-    return {key: value for key, value in plain(data).items() if key not in ("path", "cache_dir")}
+    """The data stage's settings without where the folder and the cache lie (its files are hashed instead);
+    ``empty_documents`` only when not the default, so runs made before it existed keep their fingerprints."""
+    return {key: value for key, value in plain(data).items()
+            if key not in ("path", "cache_dir") and (key, value) != ("empty_documents", "keep")}
 
 
 def build_stages(ctx: PipelineContext) -> list[Stage]:

@@ -110,6 +110,21 @@ def make_tiny_bert2bert(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
+def command_fails(capsys: pytest.CaptureFixture[str], *argv: str, max_lines: int | None = None) -> str:
+    """``train.py argv`` exits with status 2 and a message (at most ``max_lines`` lines), no traceback; return the
+    message on one line (messages may be wrapped)."""
+    import train
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(list(argv))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "Traceback" not in message
+    assert max_lines is None or len(message.strip().splitlines()) <= max_lines, message
+    return " ".join(message.split())
+
+
 def tiny_pipeline_profile(data: str | Path, model: str | Path, **sections: Any) -> dict[str, Any]:
     """A pipeline profile in the shape of ``configs/profiles/*.yaml``, small enough to run in seconds on
     the tiny BEIR fixture with a tiny model; ``sections`` replace whole sections (``evaluate={...}``)."""

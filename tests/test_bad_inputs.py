@@ -30,7 +30,8 @@ import yaml
 import train
 from core import io as core_io
 from core.record_key import RecordKey
-from helpers import make_tiny_bert2bert, make_tiny_t5, one_thread, tiny_pipeline_profile  # noqa: F401  (fixture)
+from helpers import (command_fails, make_tiny_bert2bert, make_tiny_t5, one_thread,  # noqa: F401  (fixture)
+                     tiny_pipeline_profile)
 from pipeline import layout
 from retrieval.vectors import read_vector_ids
 
@@ -102,15 +103,7 @@ def run_dir(base: Base, tmp_path: Path) -> Path:
     return Path(shutil.copytree(base.run, tmp_path / "run"))
 
 
-def fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Run ``train.py argv``; it must exit with status 2 and a message; return the message."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(list(argv))
-    assert exit_info.value.code == 2
-    message = capsys.readouterr().err
-    assert "Traceback" not in message
-    return " ".join(message.split())  # one line: messages may be wrapped
+fails = command_fails  # train.py argv exits 2 with a message; the message on one line
 
 
 def pipeline_fails(capsys: pytest.CaptureFixture[str], base: Base, run_dir: Path, *extra: str,
@@ -169,7 +162,8 @@ def test_wrong_encoding_bytes_in_the_corpus(capsys, base: Base, run_dir: Path, t
 def test_empty_document_text(capsys, base: Base, run_dir: Path, tmp_path: Path) -> None:
     empty = json.dumps({"_id": "blank", "title": " ", "text": ""}).encode() + b"\n"
     data = edited_data(base, tmp_path, "corpus.jsonl", lambda raw: raw + empty)
-    message = pipeline_fails(capsys, base, run_dir, "--data.path", str(data), rerun=("data",))
+    message = pipeline_fails(capsys, base, run_dir, "--data.path", str(data), "--data.empty_documents", "error",
+                             rerun=("data",))  # kept by default, as BEIR does (tests/test_empty_documents.py)
     assert "corpus.jsonl, line 23, field 'text': empty document" in message and "remove it" in message
 
 
@@ -185,7 +179,7 @@ def test_qrels_naming_unknown_ids(capsys, base: Base, run_dir: Path, tmp_path: P
     message = pipeline_fails(capsys, base, run_dir, "--data.path", str(data), "--data.unknown_ids", "fail",
                              rerun=("data",))
     assert "test.tsv: 1 judgement names unknown documents (e.g. 'no-such-doc' on line 10)" in message
-    assert "unknown_ids='warn'" in message
+    assert "set data.unknown_ids to 'warn'" in message
 
 
 def test_qrels_with_a_non_integer_score(capsys, base: Base, run_dir: Path, tmp_path: Path) -> None:

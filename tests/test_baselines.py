@@ -52,7 +52,7 @@ def test_unknown_system_on_the_command_line_is_a_clear_error(tmp_path: Path,
         train.main(["baselines", "--data.path", str(TINY_BEIR), "--output_dir", str(tmp_path), "--systems",
                     "[bm25, colbert]"])
     error = capsys.readouterr().err
-    assert 'Parser key "systems"' in error and "colbert" in error and "'bm25', 'dense'" in error
+    assert "field 'systems'" in error and "colbert" in error and "'bm25', 'dense'" in error
     assert not (tmp_path / "results.json").exists()
 
 

@@ -178,7 +178,6 @@ def test_missing_split_lists_existing_ones(tmp_path):
     ({"_id": "  ", "text": "blank id"}, r"corpus\.jsonl, line 3, field '_id': empty"),
     ({"_id": ["d9"], "text": "list id"}, r"corpus\.jsonl, line 3, field '_id': expected str or int, got list"),
     ({"_id": "d9", "title": "no text key"}, r"corpus\.jsonl, line 3, field 'text': missing"),
-    ({"_id": "d9", "title": "", "text": " "}, r"corpus\.jsonl, line 3, field 'text': empty document"),
     ({"_id": "d9", "text": "x", "extra": 1}, r"corpus\.jsonl, line 3, field 'extra': field not on the first line"),
     (b'{"_id": "d9", "text": "caf\xe9"}\n', r"corpus\.jsonl, line 3: not valid UTF-8"),
     ({"_id": "d1", "text": "again"}, r"corpus\.jsonl, line 3, field '_id': duplicate id 'd1' \(first on line 1, "
@@ -234,7 +233,7 @@ def test_unknown_ids_fail_in_one_counted_message(tmp_path):
     assert re.search(r"qrels/test\.tsv: 3 judgements name unknown documents \(e\.g\. 'x7' on line 5, 'x8' on "
                      r"line 6, 'x9' on line 7\); 1 judgement names unknown queries \(e\.g\. 'q8' on line 8\)",
                      str(error))
-    assert "unknown_ids='warn'" in str(error)
+    assert "set data.unknown_ids to 'warn' (drop them) or 'keep'" in str(error)
 
 
 def test_unknown_ids_warn_drops_them(tmp_path, caplog):
@@ -250,7 +249,7 @@ def test_only_unknown_ids_leaves_no_judged_queries(tmp_path):
 
 
 def test_unknown_ids_option_is_checked(tmp_path):
-    with pytest.raises(ValueError, match="unknown_ids must be 'warn' or 'fail'"):
+    with pytest.raises(ValueError, match="unknown_ids must be one of 'warn', 'fail', 'keep'"):
         load(make_beir(tmp_path / "b"), unknown_ids="ignore")
 
 

@@ -111,8 +111,8 @@ def test_plan_order_gives_every_rank_work_even_when_almost_done() -> None:
     items = [("a", "x"), ("b", "xx"), ("c", "xxx")]
     assert plan_order(items, {"a", "b"}, world_size=2) == [2, 0]  # one left, one done item added back
     assert sorted(plan_order(items, set(), world_size=5)) == [0, 0, 1, 1, 2]
-    with pytest.raises(InputError, match="empty text"):
-        TextsDataModule([("a", " ")], "unused")
+    with pytest.raises(InputError, match="id 'a'.* has a NoneType text"):
+        TextsDataModule([("a", None)], "unused")  # type: ignore[list-item]
 
 
 # ----- the loop ------------------------------------------------------------------------------------

@@ -85,8 +85,9 @@ def test_batches_are_length_sorted_carry_ids_truncate_and_skip(dataset: BeirData
 
 
 def test_bad_documents_tasks_and_lengths_are_clear_errors(dataset: BeirDataset, models: dict[str, Path]) -> None:
-    with pytest.raises(InputError, match="id 'b'.* empty title and text"):
-        GenerationDataModule([("a", "T", "x"), ("b", " ", "")])
+    with pytest.raises(InputError, match="document 1 is .*expected \\(doc_id, title, text\\) strings"):
+        GenerationDataModule([("a", "T", "x"), ("b", None, "")])
+    GenerationDataModule([("a", "T", "x"), ("b", " ", "")])  # an empty document: an empty prompt text, as BEIR keeps it
     with pytest.raises(ValueError, match="duplicate id 'a'"):
         GenerationDataModule([("a", "T", "x"), ("a", "U", "y")])
     with pytest.raises(ValueError, match="tasks must be distinct names"):
