@@ -103,6 +103,7 @@ def run_lock(run_dir: str | os.PathLike, is_global_zero: bool | None = None) -> 
         finally:
             _held[key] -= 1
         return
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -118,12 +119,17 @@ def run_lock(run_dir: str | os.PathLike, is_global_zero: bool | None = None) -> 
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
     _held[key] = 1
+    failed = True
     try:
         yield
+        failed = False
     finally:
         del _held[key]
         if previous_env is None:
             os.environ.pop(JOB_ENV, None)
+        if failed and created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            (run_dir / LOCK_FILE).unlink()  # a run that failed before writing anything leaves no folder behind
+            run_dir.rmdir()
         os.close(fd)  # releases the lock
 
 
