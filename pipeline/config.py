@@ -134,6 +134,8 @@ class EvaluateConfig:
         search: how vectors are searched.
         bm25: BM25 settings.
         columns: metric columns of the markdown table.
+        run_depth: documents per query in each row's TREC run (``runs/<system>.trec``, for trec_eval, ranx,
+            pyserini); at most ``search.k`` and ``bm25.k`` (what was retrieved); null writes no runs.
     """
 
     methods: list[str] = field(default_factory=WEIGHTING_METHODS.names)
@@ -150,9 +152,18 @@ class EvaluateConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     bm25: BM25Config = field(default_factory=BM25Config)
     columns: list[str] = field(default_factory=lambda: ["ndcg@10", "mrr@100", "recall@100"])
+    run_depth: int | None = 1000
 
     def __post_init__(self) -> None:
         WEIGHTING_METHODS.check(self.methods, "evaluate.methods")
+        if self.run_depth is not None:
+            if self.run_depth < 1:
+                raise ValueError(f"evaluate.run_depth must be >= 1 or null (no runs), got {self.run_depth}")
+            for key, retrieved in (("search.k", self.search.k), ("bm25.k", self.bm25.k)):
+                if self.run_depth > retrieved:
+                    raise ValueError(f"evaluate.run_depth ({self.run_depth}) is deeper than evaluate.{key} "
+                                     f"({retrieved}), the documents retrieved per query: raise evaluate.{key} "
+                                     f"or lower evaluate.run_depth")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.from_config import instantiate_callbacks
 from callbacks.wandb_logger import OfflineFirstWandbLogger
 from core.fingerprint import plain
 from datamodules.beir import BeirDataset
@@ -70,6 +71,7 @@ class PipelineContext:
     trainer: dict[str, Any]
     logger: LoggerConfig
     precision: PrecisionChoice | None = None  # how trainer.precision was resolved (``auto`` -> bf16 or float32)
+    callbacks: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # class_path/init_args, every loop
 
     @functools.cached_property
     def dataset(self) -> BeirDataset:
@@ -174,8 +176,10 @@ class PipelineContext:
             logger.finalize("success")
 
     def trainer_kwargs(self) -> dict[str, Any]:
-        """Trainer settings for prediction loops (generation, embedding): no logger, no checkpoints."""
+        """Trainer settings for prediction loops (generation, embedding, index): no logger, no checkpoints;
+        the profile's ``callbacks``, built afresh for each call (tuning's CLI builds its own from the same specs)."""
         kwargs = {key: value for key, value in self.trainer.items()
                   if key not in ("logger", "callbacks", "max_epochs", "default_root_dir")}
-        kwargs.update(logger=False, enable_checkpointing=False, default_root_dir=str(self.run_dir))
+        kwargs.update(logger=False, enable_checkpointing=False, default_root_dir=str(self.run_dir),
+                      callbacks=instantiate_callbacks(self.callbacks))
         return kwargs

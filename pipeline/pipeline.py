@@ -20,8 +20,9 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.from_config import instantiate_callbacks
 from core.fingerprint import plain
-from core.io import write_json_atomic
+from core.io import InputError, write_json_atomic
 from datamodules.downsample import DataConfig
 from datamodules.prompts import PromptTemplates
 from lightning_modules.generator import GeneratorModule
@@ -52,6 +53,7 @@ def run_pipeline(data: DataConfig,
                  evaluate: EvaluateConfig = EvaluateConfig(),
                  trainer: dict[str, Any] | None = None,
                  logger: LoggerConfig = LoggerConfig(),
+                 callbacks: list[dict[str, Any]] | None = None,
                  stages: list[str] | None = None,
                  force: list[str] | None = None) -> list[StageOutcome]:
     """Run the pipeline (or the stages named in ``stages``) in ``run_dir``, skipping finished stages.
@@ -73,17 +75,26 @@ def run_pipeline(data: DataConfig,
             when absent) is bf16-mixed where the CPU or GPU computes bfloat16 natively, else 32-true
             (``lightning_modules.precision``); ``float32`` / ``bf16`` force either.
         logger: Weights & Biases settings.
+        callbacks: Lightning callbacks (``class_path``/``init_args``, as under fit's ``trainer.callbacks``) added to
+            every loop the pipeline runs: generation, tuning, embedding (a fresh instance per loop). They observe:
+            no stage's fingerprint includes them.
         stages: run only these stages (their inputs must exist); default every stage.
         force: rerun these stages even if done.
     """
     run_dir = Path(run_dir)
+    if trainer and "callbacks" in trainer:
+        raise InputError("not read by the pipeline's loops", field="trainer.callbacks",
+                         hint="list callbacks under the top-level `callbacks:` key (every loop), or in a "
+                              "fit.configs fragment under `trainer.callbacks+:` (tuning only)")
     trainer_settings, precision = resolve_trainer_precision(dict(trainer or {}))  # before any stage: one choice
     log.info("precision: %s -> %s (%s)", precision.setting, precision.lightning, precision.reason)
     ctx = PipelineContext(run_dir=run_dir, data=data, model=model, prompts=prompts, stage1=stage1,
                           generation=generation, filter=filter, fit=fit, embed=embed, rao_blackwell=rao_blackwell,
-                          evaluate=evaluate, trainer=trainer_settings, logger=logger, precision=precision)
+                          evaluate=evaluate, trainer=trainer_settings, logger=logger, precision=precision,
+                          callbacks=list(callbacks or []))
     all_stages = build_stages(ctx)
     check_paths(ctx)  # before anything is written: a wrong path costs seconds, not a stage
+    instantiate_callbacks(ctx.callbacks, "callbacks")  # a wrong callback class or option too
     is_zero = rank_zero_only.rank == 0
     if is_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +111,7 @@ def run_pipeline(data: DataConfig,
             "data": plain(data), "model": ctx.model_config, "prompts": plain(prompts), "stage1": plain(stage1),
             "generation": plain(generation), "filter": plain(filter), "fit": plain(fit), "embed": plain(embed),
             "rao_blackwell": plain(rao_blackwell), "evaluate": plain(evaluate), "trainer": plain(ctx.trainer),
-            "logger": plain(logger), "precision": precision.record()})
+            "logger": plain(logger), "callbacks": plain(ctx.callbacks), "precision": precision.record()})
         print_summary(ctx, outcomes)
     return outcomes
 

@@ -54,6 +54,8 @@ def run_tune(ctx: PipelineContext) -> None:
     key_file, key = _discard_checkpoints_of_other_runs(ctx)
     trainer = {**ctx.trainer, **ctx.fit.trainer, "default_root_dir": str(ctx.run_dir / layout.FIT_DIR)}
     trainer["logger"] = ctx.fit_logger_config()
+    if ctx.callbacks:  # appended to the fit CLI's own (LearningRateMonitor and those of fit.configs)
+        trainer["callbacks+"] = ctx.callbacks
     data = {"init_args": {**ctx.fit.data, "kept_file": str(ctx.run_dir / layout.STAGE1_KEPT),
                           "dataset": plain(ctx.data), "prompts": plain(ctx.prompts),
                           "split_dir": str(ctx.run_dir / layout.SELFINSTRUCT_DIR)}}

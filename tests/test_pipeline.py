@@ -33,7 +33,10 @@ def profile(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     warm_start = {"class_path": "lightning_modules.seq2seq.Seq2SeqModule",
                   "init_args": {"warm_start_encoder": str(tiny_model), "decoder_layers": 1, "max_input_length": 64}}
     config = {**tiny_pipeline_profile(FIXTURE, tiny_model), "model": warm_start}
-    path = tmp_path_factory.mktemp("profiles") / "tiny.yaml"
+    folder = tmp_path_factory.mktemp("profiles")
+    config["callbacks"] = [{"class_path": "loop_recorder.LoopRecorder",  # tests/loop_recorder.py
+                            "init_args": {"path": str(folder / "loops.txt")}}]
+    path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -77,6 +80,63 @@ def test_results_table_has_every_row(finished_run: tuple[Path, list]) -> None:
         assert 0.0 <= row["ndcg@10"] <= 1.0 and 0.0 <= row["recall@100"] <= 1.0
     markdown = (run_dir / layout.RESULTS_MD).read_text()
     assert all(f"| {system} |" in markdown for system in systems)
+
+
+def test_profile_callbacks_join_every_loop(finished_run: tuple[Path, list], profile: Path) -> None:
+    """``callbacks`` of the profile (tests/loop_recorder.py, by class_path) is called in tuning, in
+    generation (stage 2) and in every embedding loop, and saw batches there."""
+    run_dir, _ = finished_run
+    lines = [line.split() for line in (profile.parent / "loops.txt").read_text().splitlines()]
+    seen = {(fn, module, Path(root).resolve()) for fn, module, batches, root in lines if int(batches) > 0}
+    root = run_dir.resolve()
+    assert {("fit", "Seq2SeqModule", root / layout.FIT_DIR), ("predict", "Seq2SeqModule", root),
+            ("predict", "EncoderModule", root)} <= seen
+    embeddings = [line for line in lines if line[:2] == ["predict", "EncoderModule"] and Path(line[3]).resolve() == root]
+    assert len(embeddings) >= len(layout.vector_outputs(True)), "one loop per vector file"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--callbacks", '[{"class_path": "torch.nn.Linear"}]'],
+     "field 'callbacks': Import path torch.nn.Linear does not correspond to a subclass of Callback"),
+    (["--callbacks", '[{"class_path": "lightning.pytorch.callbacks.Timer", "init_args": {"durration": null}}]'],
+     "field 'callbacks': Problem with given class_path 'lightning.pytorch.callbacks.Timer': Option 'durration' "
+     "is not accepted"),
+    (["--trainer", '{"callbacks": []}'], "field 'trainer.callbacks': not read by the pipeline's loops"),
+])
+def test_a_wrong_callback_is_refused_before_any_stage(tmp_path: Path, profile: Path, capsys: pytest.CaptureFixture,
+                                                      args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _run(profile, tmp_path / "run", *args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_row_is_exported_as_a_trec_run_that_pytrec_eval_scores_alike(finished_run: tuple[Path, list]) -> None:
+    """runs/<system>.trec for every row; pytrec_eval on the default Rao-Blackwell row's file (and every other
+    row's) gives the row's nDCG@10, Recall@100 and MRR@100 to 1e-6 (MRR: recip_rank on the run cut at 100)."""
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    from datamodules.beir import load_beir
+    from retrieval.trec import read_trec_run
+
+    run_dir, _ = finished_run
+    rows = {row["system"]: row for row in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    assert sorted(p.name for p in (run_dir / layout.RUNS_DIR).iterdir()) == sorted(f"{name}.trec" for name in rows)
+    qrels = {qid: dict(judged) for qid, judged in load_beir(FIXTURE, "test").qrels.items()}
+    assert "rb-manual-multi-stage1" in rows
+    for system, row in rows.items():
+        lines = (run_dir / layout.run_file(system)).read_text().splitlines()
+        assert all(line.split()[5] == system for line in lines)
+        run = read_trec_run(run_dir / layout.run_file(system))
+        assert set(run) <= set(qrels) and all(qid not in hits for qid, hits in run.items())
+        scored = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+        cut = {qid: dict(sorted(hits.items(), key=lambda h: (h[1], h[0]), reverse=True)[:100])
+               for qid, hits in run.items()}
+        reciprocal = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(cut)
+        for ours, theirs, values in (("ndcg@10", "ndcg_cut_10", scored), ("recall@100", "recall_100", scored),
+                                     ("mrr@100", "recip_rank", reciprocal)):
+            mean = sum(v[theirs] for v in values.values()) / len(values)
+            assert row[ours] == pytest.approx(mean, abs=1e-6), (system, ours)
 
 
 def test_second_run_skips_every_stage(finished_run: tuple[Path, list], profile: Path) -> None:
