@@ -54,7 +54,8 @@ def test_every_stage_runs_and_writes_its_files(finished_run: tuple[Path, list]) 
     assert all(o.status == "ran" for o in outcomes)
     for path in [layout.KEPT_DOCS, layout.STAGE1, layout.STAGE1_KEPT, layout.TRAIN, layout.VAL, layout.FILTER_REPORT,
                  layout.TUNED_MODEL + "/config.json", layout.STAGE2, layout.STAGE2_KEPT, layout.RESULTS_JSON,
-                 layout.RESULTS_MD, layout.SWEEP_JSON, layout.SWEEP_PLOT, *layout.vector_outputs(True)]:
+                 layout.RESULTS_MD, layout.SWEEP_JSON, layout.SWEEP_PLOT, *layout.vector_outputs(True),
+                 layout.INDEX_MANIFEST, layout.INDEX_DIR + "/vectors.safetensors", layout.INDEX_DIR + "/ids.json"]:
         assert (run_dir / path).is_file(), path
     stage2 = [json.loads(line) for line in (run_dir / layout.STAGE2).read_text().splitlines()]
     docs = (run_dir / layout.KEPT_DOCS).read_text().split()
@@ -79,17 +80,40 @@ def test_results_table_has_every_row(finished_run: tuple[Path, list]) -> None:
     assert all(f"| {system} |" in markdown for system in systems)
 
 
+def test_the_shipped_row_is_a_search_of_the_written_index(finished_run: tuple[Path, list]) -> None:
+    """The default Rao-Blackwell row (rb-manual-multi-stage2) is scored from ``index/``: searching those files with
+    the run's query vectors and scoring with pytrec_eval semantics gives that row's numbers exactly."""
+    import torch
+
+    from datamodules.beir import load_beir
+    from retrieval.index_files import load_index, search_index
+    from retrieval.metrics import evaluate_run
+    from retrieval.search import SearchConfig
+    from retrieval.vectors import load_vectors
+
+    run_dir, _ = finished_run
+    rows = {row["system"]: row for row in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    index = load_index(run_dir / layout.INDEX_DIR)
+    assert index.system == "rb-manual-multi-stage2" and rows[index.system]["index"] == str(index.path)
+    assert index.manifest["synthetic_stages"] == ["stage2"] and index.manifest["level"] == "multi"
+    query_ids, queries = load_vectors(run_dir / layout.QUERIES)
+    run = search_index(index, query_ids, torch.from_numpy(queries), SearchConfig())
+    metrics = evaluate_run(load_beir(FIXTURE).qrels, run, k_values=[1, 10, 100])
+    assert metrics and all(rows[index.system][key] == value for key, value in metrics.items())
+
+
 def test_second_run_skips_every_stage(finished_run: tuple[Path, list], profile: Path) -> None:
     run_dir, _ = finished_run
     outcomes = _run(profile, run_dir)
     assert [o.status for o in outcomes] == ["skipped"] * len(STAGES)
 
 
-def test_changed_weight_reruns_only_evaluation(finished_run: tuple[Path, list], profile: Path) -> None:
+def test_changed_weight_reruns_only_index_and_evaluation(finished_run: tuple[Path, list], profile: Path) -> None:
     run_dir, _ = finished_run
     before = json.loads((run_dir / layout.RESULTS_JSON).read_text())
     outcomes = _run(profile, run_dir, "--rao_blackwell.doc_weight", "0.3")
-    assert {o.name: o.status for o in outcomes} == {**{name: "skipped" for name in STAGES}, "evaluate": "ran"}
+    assert {o.name: o.status for o in outcomes} == {**{name: "skipped" for name in STAGES}, "index": "ran",
+                                                    "evaluate": "ran"}
     after = json.loads((run_dir / layout.RESULTS_JSON).read_text())
     row = next(r for r in after["rows"] if r["system"] == "rb-manual-doc-stage1")
     assert row["rao_blackwell"]["doc_weight"] == 0.3
@@ -180,7 +204,7 @@ def test_forced_bf16_reruns_the_model_stages_and_records_it(finished_run: tuple[
     outcomes = _run(profile, run_dir, "--trainer.precision", "bf16")
     assert {o.name: o.status for o in outcomes} == {"data": "skipped", "stage1": "skipped", "filter": "skipped",
                                                     "tune": "ran", "stage2": "ran", "filter2": "ran", "embed": "ran",
-                                                    "evaluate": "ran"}
+                                                    "index": "ran", "evaluate": "ran"}
     config = json.loads((run_dir / layout.PIPELINE_CONFIG).read_text())
     assert config["trainer"]["precision"] == "bf16-mixed"
     assert config["precision"] == {"setting": "bf16", "lightning": "bf16-mixed", "device": "cpu",
