@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 
 from core.io import InputError
 from core.record_key import RecordKey
@@ -54,7 +54,8 @@ CONFIG = RaoBlackwellConfig(method="softmax", doc_weight=0.6, task_weights={"que
 
 
 def build(inputs: Path, index_dir: Path, level: str, *, batch_size: int = 2, dtype: str = "float32",
-          faiss: str | None = None, callbacks: list | None = None, keep_parts: bool = False) -> IndexWriter:
+          faiss: str | None = None, callbacks: list | None = None, keep_parts: bool = False,
+          **trainer: object) -> IndexWriter:
     sentences = inputs / "sentences.safetensors" if level != "doc" else None
     data = IndexInputsDataModule(inputs / "documents.safetensors", inputs / "synthetic.safetensors", sentences,
                                  batch_size=batch_size)
@@ -63,9 +64,10 @@ def build(inputs: Path, index_dir: Path, level: str, *, batch_size: int = 2, dty
                                                                  "encoder": "tiny"},
                          fingerprint=f"test-{level}", dtype=dtype, faiss=faiss, keep_parts=keep_parts)
     data.skip_docs = frozenset(RecordKey.decode(key).doc_id for key in writer.done_keys())
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[writer, *(callbacks or [])])
-    trainer.predict(IndexModule(level, CONFIG, sentence_weight=0.6), datamodule=data, return_predictions=False)
+    settings = {"accelerator": "cpu", "devices": 1, **trainer}
+    runner = Trainer(**settings, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=[writer, *(callbacks or [])])
+    runner.predict(IndexModule(level, CONFIG, sentence_weight=0.6), datamodule=data, return_predictions=False)
     return writer
 
 
@@ -129,6 +131,44 @@ def test_float16_index_and_faiss_flat_search_equal_exact(inputs: Path, tmp_path:
     assert [list(exact[q]) for q in ids] == [list(approximate[q]) for q in ids]
     for q in ids:
         np.testing.assert_allclose(list(exact[q].values()), list(approximate[q].values()), atol=1e-5)
+
+
+class RecordDocs(Callback):
+    """Appends the documents each rank predicted to ``<folder>/rank<r>.txt`` (forked ranks write their own file)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: object, outputs: object, batch: dict,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        with open(self.folder / f"rank{trainer.global_rank}.txt", "a", encoding="utf-8") as handle:
+            handle.write("".join(f"{doc_id}\n" for doc_id in batch["doc_ids"]))
+
+
+@pytest.mark.ddp
+def test_two_process_ddp_indexes_every_document_once(inputs: Path, tmp_path: Path) -> None:
+    """Real DDP (gloo, Lightning's predict sampler, the writer's barrier and merge), launched by fork."""
+    build(inputs, tmp_path / "single", "multi")
+    (tmp_path / "ranks").mkdir()
+    build(inputs, tmp_path / "ddp", "multi", callbacks=[RecordDocs(tmp_path / "ranks")], devices=2,
+          strategy="ddp_fork")
+    per_rank = [(tmp_path / "ranks" / f"rank{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert all(per_rank) and sorted(per_rank[0] + per_rank[1]) == sorted(DOCS)
+    for name in (VECTORS, OFFSETS, "ids.json"):
+        assert (tmp_path / "ddp" / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
+    assert load_index(tmp_path / "ddp").manifest["units"] == load_index(tmp_path / "single").manifest["units"]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_faiss_indexes_return_ranked_documents(inputs: Path, tmp_path: Path, kind: str) -> None:
+    pytest.importorskip("faiss", reason="faiss-cpu is an optional extra")
+    build(inputs, tmp_path / "index", "doc", faiss=kind)
+    index = load_index(tmp_path / "index")
+    queries = torch.from_numpy(_unit(np.random.default_rng(6), 3))
+    run = search_index(index, ["a", "b", "c"], queries, SearchConfig(k=3, nprobe=64), use_faiss=True)
+    assert all(len(hits) == 3 and set(hits) <= set(DOCS) for hits in run.values())
+    exact = search_index(index, ["a", "b", "c"], queries, SearchConfig(k=3))
+    assert {q: list(hits) for q, hits in run.items()} == {q: list(hits) for q, hits in exact.items()}  # 7 points: exact
 
 
 @pytest.fixture
