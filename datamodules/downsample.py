@@ -97,7 +97,7 @@ def _restrict(dataset: BeirDataset, path: Path) -> tuple[dict, dict]:
                          hint="the list must name documents of the dataset being restricted")
     corpus = {doc_id: doc for doc_id, doc in dataset.corpus.items() if doc_id in allowed}
     qrels = {qid: docs for qid, docs in dataset.qrels.items() if all(doc_id in corpus for doc_id in docs)}
-    if not qrels:
+    if not qrels and dataset.qrels:
         raise InputError(f"no query of split '{dataset.split}' has all its judged documents in this list", path=path)
     log.info("restricted to %d documents of %s; %d of %d queries have all judged documents in it",
              len(corpus), path, len(qrels), len(dataset.qrels))

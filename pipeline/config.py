@@ -22,7 +22,7 @@ from retrieval.rao_blackwell import WEIGHTING_METHODS
 from retrieval.search import SearchConfig
 from retrieval.synthetic import UnknownDocPolicy
 
-STAGES = ("data", "stage1", "filter", "tune", "stage2", "filter2", "embed", "evaluate")
+STAGES = ("data", "stage1", "filter", "tune", "stage2", "filter2", "embed", "index", "evaluate")
 """Stage names, in order; each is also a command: ``python train.py <stage> -c profile.yaml``."""
 
 
@@ -107,6 +107,34 @@ class EmbedConfig:
     batch_size: int = 64
     dtype: Literal["float32", "float16"] = "float32"
     sentences: bool = True
+
+
+@dataclass
+class IndexConfig:
+    """The index: the product of a run, Rao-Blackwellised vectors in ``<run_dir>/index/`` (``retrieval.index_files``).
+
+    The weighting is ``rao_blackwell`` and, at the multi level, the sentence mix ``evaluate.multi_sentence_weight``;
+    the results row ``rb-<method>-<level>-<stage>`` is scored by searching these files.
+
+    Attributes:
+        level: ``doc``, ``sentence`` or ``multi`` (the sentences plus the document's vector; needs ``embed.sentences``).
+        stage: whose kept synthetic texts augment the vectors; null: the last of ``evaluate.stages``.
+        dtype: of ``vectors.safetensors`` (search computes in float32).
+        faiss: also write ``index.faiss``: ``flat`` (exact), ``ivf`` or ``hnsw`` (approximate); null: none.
+        faiss_nlist: IVF lists; null: about 4 * sqrt(units).
+        batch_size: documents per batch per device of the index loop.
+    """
+
+    level: Literal["doc", "sentence", "multi"] = "multi"
+    stage: Literal["stage1", "stage2"] | None = None
+    dtype: Literal["float32", "float16"] = "float32"
+    faiss: Literal["flat", "ivf", "hnsw"] | None = None
+    faiss_nlist: int | None = None
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"index.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass

@@ -20,13 +20,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from callbacks.from_config import instantiate_callbacks
 from callbacks.wandb_logger import OfflineFirstWandbLogger
 from core.fingerprint import plain
-from datamodules.beir import BeirDataset
+from datamodules.beir import BeirDataset, is_corpus_only
 from datamodules.downsample import DataConfig, load_dataset_from_config
 from datamodules.prompts import PromptTemplates
 from lightning_modules.generator import GeneratorModule, ModelSource
 from lightning_modules.precision import PrecisionChoice, precision_identity
 from pipeline import layout
-from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, LoggerConfig, Stage1Config
+from pipeline.config import (EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, IndexConfig, LoggerConfig,
+                             Stage1Config)
 from retrieval.filter import FilterConfig
 from retrieval.rao_blackwell import RaoBlackwellConfig
 from retrieval.synthetic import SyntheticRecord, read_synthetic
@@ -71,6 +72,7 @@ class PipelineContext:
     trainer: dict[str, Any]
     logger: LoggerConfig
     precision: PrecisionChoice | None = None  # how trainer.precision was resolved (``auto`` -> bf16 or float32)
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     callbacks: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # class_path/init_args, every loop
 
     @functools.cached_property
@@ -128,6 +130,21 @@ class PipelineContext:
             log.info("%s: %d of %d unfiltered outputs are empty and augment nothing", stage,
                      len(records) - len(texts), len(records))
         return texts
+
+    @property
+    def corpus_only(self) -> bool:
+        """``data.path`` holds documents without queries and judgements: no evaluation, the index is the product."""
+        return is_corpus_only(self.data.path)
+
+    @property
+    def index_stage(self) -> str:
+        """Whose synthetic outputs the index uses: ``index.stage``, else the last of ``evaluate.stages``."""
+        return self.index.stage or self.evaluate.stages[-1]
+
+    @property
+    def index_system(self) -> str:
+        """The results row the index is, ``rb-<method>-<level>-<stage>``: scored by searching the index's files."""
+        return f"rb-{self.rao_blackwell.method}-{self.index.level}-{self.index_stage}"
 
     def generation_settings(self) -> dict[str, Any]:
         """What decides the model's generated texts: ``generation`` without the batch size (outputs do not

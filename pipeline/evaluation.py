@@ -29,8 +29,9 @@ from pipeline.context import PipelineContext
 from pipeline.run_export import RunExport
 from retrieval.bertscore import bertscore_f1, check_layer
 from retrieval.bm25 import bm25_search
+from retrieval.index_files import load_index, search_index
 from retrieval.metrics import evaluate_run
-from retrieval.rao_blackwell import WEIGHTING_METHODS, RaoBlackwellConfig, rao_blackwellise
+from retrieval.rao_blackwell import WEIGHTING_METHODS, RaoBlackwellConfig, mix_sentences, rao_blackwell_level
 from retrieval.results import ResultRow, write_results
 from retrieval.search import search
 from retrieval.significance import compare_to_baselines
@@ -215,15 +216,15 @@ class Evaluator:
         level's sentence mix (default ``evaluate.multi_sentence_weight``)."""
         if level == "multi":
             return self.multi_units(stage, config, sentence_weight)
-        units, synthetic = self.units(level), self.synthetic(stage)
-        unit_to_doc = units.unit_to_doc if units.unit_to_doc is not None else torch.arange(len(self.doc_ids))
+        synthetic = self.synthetic(stage)
         needed = WEIGHTING_METHODS.get(config.method).output_score
         weights = self.output_scores(stage, needed) if needed is not None else None
-        needs_docs = config.parent_share > 0 or (level == "sentence" and config.similarity_to == "document")
-        vectors = rao_blackwellise(units.vectors, unit_to_doc, synthetic.vectors, synthetic.doc, synthetic.task,
-                                   config, synthetic_weights=weights,
-                                   doc_vectors=self.documents if needs_docs else None)
-        return Units(vectors, units.unit_to_doc)
+        sentences = self.sentences if level == "sentence" else None
+        vectors, owner = rao_blackwell_level(
+            level, self.documents, synthetic.vectors, synthetic.doc, synthetic.task, config,
+            sentence_vectors=None if sentences is None else sentences.vectors,
+            sentence_doc=None if sentences is None else sentences.unit_to_doc, synthetic_weights=weights)
+        return Units(vectors, owner)
 
     def corpus_only_units(self, level: str, sentence_weight: float | None = None) -> Units:
         """The level's units without synthetic outputs: rows ``dense``, ``dense-sentence``, ``dense-multi``."""
@@ -239,9 +240,7 @@ class Evaluator:
         sentences = self.units("sentence")
         owner = sentences.unit_to_doc
         weight = self.ctx.evaluate.multi_sentence_weight if sentence_weight is None else sentence_weight
-        vectors = sentences.vectors
-        if weight < 1.0:
-            vectors = torch.nn.functional.normalize(weight * vectors + (1 - weight) * self.documents[owner], dim=-1)
+        vectors = mix_sentences(sentences.vectors, owner, self.documents, weight)
         if stage is None:
             documents = self.documents
         elif config is None:
@@ -308,11 +307,27 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator, export: RunExport | N
             for level in cfg.levels:
                 if level in ("sentence", "multi") and evaluator.sentences is None:
                     continue
+                if f"rb-{method}-{level}-{stage}" == ctx.index_system and evaluator.keep_mask is None:
+                    rows.append(_shipped_row(ctx, evaluator, export))  # what is evaluated is what is shipped
+                    continue
                 rows.append(_row(f"rb-{method}-{level}-{stage}",
                                  lambda lv=level, st=stage, c=config: evaluator.run_units(
                                      evaluator.rao_blackwell(lv, st, c)),
                                  {"rao_blackwell": dataclasses.asdict(config)}))
     return rows
+
+
+def _shipped_row(ctx: PipelineContext, evaluator: Evaluator, export: RunExport | None = None) -> ResultRow:
+    """The index's row, scored by searching the files the index stage wrote (``<run_dir>/index/``)."""
+    index = load_index(ctx.run_dir / layout.INDEX_DIR)
+    expected = {"rao_blackwell": dataclasses.asdict(ctx.rao_blackwell), "system": ctx.index_system}
+    found = {key: index.manifest.get(key) for key in expected}
+    if found != expected or index.doc_ids != evaluator.doc_ids:
+        raise RuntimeError(f"{index.path} was built for {found['system']} with other settings or documents than "
+                           f"this evaluation's row {ctx.index_system}: rerun the index stage (`train.py index`)")
+    return _scored_row(evaluator, ctx.index_system,
+                       lambda: search_index(index, evaluator.query_ids, evaluator.queries, ctx.evaluate.search),
+                       {"rao_blackwell": expected["rao_blackwell"], "index": str(index.path)}, export)
 
 
 CORPUS_ONLY_ROW = {"doc": "dense", "sentence": "dense-sentence", "multi": "dense-multi"}

@@ -28,8 +28,10 @@ from datamodules.prompts import PromptTemplates
 from lightning_modules.generator import GeneratorModule
 from lightning_modules.precision import resolve_trainer_precision
 from pipeline import layout
-from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, LoggerConfig, Stage1Config
+from pipeline.config import (EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, IndexConfig, LoggerConfig,
+                             Stage1Config)
 from pipeline.context import PipelineContext
+from pipeline.index import check_index_config
 from pipeline.preflight import check_models, check_paths
 from pipeline.report import print_summary
 from pipeline.runner import StageOutcome, execute_plan, plan_stages
@@ -50,6 +52,7 @@ def run_pipeline(data: DataConfig,
                  fit: FitConfig = FitConfig(),
                  embed: EmbedConfig = EmbedConfig(),
                  rao_blackwell: RaoBlackwellConfig = RaoBlackwellConfig(),
+                 index: IndexConfig = IndexConfig(),
                  evaluate: EvaluateConfig = EvaluateConfig(),
                  trainer: dict[str, Any] | None = None,
                  logger: LoggerConfig = LoggerConfig(),
@@ -70,13 +73,14 @@ def run_pipeline(data: DataConfig,
         fit: instruction tuning (LightningCLI fit fragments and overrides).
         embed: the encoder and what is embedded.
         rao_blackwell: the weighting of synthetic embeddings into document vectors.
+        index: the index the run ships (``<run_dir>/index/``): level, synthetic stage, dtype, FAISS.
         evaluate: rows of the results table and the weight sweep.
         trainer: Trainer settings for every Lightning stage (``configs/trainer/*.yaml``); ``precision: auto`` (also
             when absent) is bf16-mixed where the CPU or GPU computes bfloat16 natively, else 32-true
             (``lightning_modules.precision``); ``float32`` / ``bf16`` force either.
         logger: Weights & Biases settings.
         callbacks: Lightning callbacks (``class_path``/``init_args``, as under fit's ``trainer.callbacks``) added to
-            every loop the pipeline runs: generation, tuning, embedding (a fresh instance per loop). They observe:
+            every loop the pipeline runs: generation, tuning, embedding, index (a fresh instance per loop). They observe:
             no stage's fingerprint includes them.
         stages: run only these stages (their inputs must exist); default every stage.
         force: rerun these stages even if done.
@@ -90,9 +94,14 @@ def run_pipeline(data: DataConfig,
     log.info("precision: %s -> %s (%s)", precision.setting, precision.lightning, precision.reason)
     ctx = PipelineContext(run_dir=run_dir, data=data, model=model, prompts=prompts, stage1=stage1,
                           generation=generation, filter=filter, fit=fit, embed=embed, rao_blackwell=rao_blackwell,
-                          evaluate=evaluate, trainer=trainer_settings, logger=logger, precision=precision,
+                          index=index, evaluate=evaluate, trainer=trainer_settings, logger=logger, precision=precision,
                           callbacks=list(callbacks or []))
     all_stages = build_stages(ctx)
+    check_index_config(ctx)
+    if ctx.corpus_only and "evaluate" in (stages or ()):
+        raise InputError(f"{data.path} holds corpus.jsonl only: no queries or qrels to evaluate against",
+                         field="data.path", hint="add queries.jsonl and qrels/<split>.tsv, or search the index: "
+                                                 f"python3 train.py search --index {run_dir / layout.INDEX_DIR} ...")
     check_paths(ctx)  # before anything is written: a wrong path costs seconds, not a stage
     instantiate_callbacks(ctx.callbacks, "callbacks")  # a wrong callback class or option too
     is_zero = rank_zero_only.rank == 0
@@ -110,8 +119,9 @@ def run_pipeline(data: DataConfig,
         write_json_atomic(run_dir / layout.PIPELINE_CONFIG, {
             "data": plain(data), "model": ctx.model_config, "prompts": plain(prompts), "stage1": plain(stage1),
             "generation": plain(generation), "filter": plain(filter), "fit": plain(fit), "embed": plain(embed),
-            "rao_blackwell": plain(rao_blackwell), "evaluate": plain(evaluate), "trainer": plain(ctx.trainer),
-            "logger": plain(logger), "callbacks": plain(ctx.callbacks), "precision": precision.record()})
+            "rao_blackwell": plain(rao_blackwell), "index": plain(index), "evaluate": plain(evaluate),
+            "trainer": plain(ctx.trainer), "logger": plain(logger), "callbacks": plain(ctx.callbacks),
+            "precision": precision.record()})
         print_summary(ctx, outcomes)
     return outcomes
 
