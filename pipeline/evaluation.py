@@ -254,7 +254,7 @@ Run = dict[str, dict[str, float]]
 
 
 def _scored_row(evaluator: Evaluator, system: str, retrieve: Callable[[], Run], extra: dict[str, Any] | None = None,
-         export: RunExport | None = None) -> ResultRow:
+                export: RunExport | None = None) -> ResultRow:
     """Retrieve, score, and (with ``export``) write the run the scores came from."""
     start = time.perf_counter()
     run = retrieve()
