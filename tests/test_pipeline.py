@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -161,6 +162,33 @@ def test_the_shipped_row_is_a_search_of_the_written_index(finished_run: tuple[Pa
     run = search_index(index, query_ids, torch.from_numpy(queries), SearchConfig())
     metrics = evaluate_run(load_beir(FIXTURE).qrels, run, k_values=[1, 10, 100])
     assert metrics and all(rows[index.system][key] == value for key, value in metrics.items())
+
+
+def test_search_command_scores_the_shipped_row(finished_run: tuple[Path, list], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``train.py search`` over the run's index with the dataset's queries and qrels: its TREC file, scored by
+    pytrec_eval, and its printed metrics give the shipped row's numbers (queries re-embedded: to 1e-6)."""
+    import pytrec_eval
+
+    from datamodules.beir import load_beir
+
+    run_dir, _ = finished_run
+    rows = {row["system"]: row for row in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    row = rows["rb-manual-multi-stage2"]
+    output = tmp_path / "run.trec"
+    train.main(["search", "--index", str(run_dir / layout.INDEX_DIR), "--queries", str(FIXTURE / "queries.jsonl"),
+                "--qrels", str(FIXTURE / "qrels" / "test.tsv"), "--top_k", "100", "--output", str(output)])
+    printed = capsys.readouterr().out
+    assert f"ndcg@10 {row['ndcg@10']:.4f}, mrr@100 {row['mrr@100']:.4f}, recall@100 {row['recall@100']:.4f}" in printed
+    run: dict[str, dict[str, float]] = {}
+    for line in output.read_text().splitlines():
+        qid, _, doc_id, _, score, tag = line.split()
+        assert tag == "rb-manual-multi-stage2"
+        run.setdefault(qid, {})[doc_id] = float(score)
+    qrels = load_beir(FIXTURE).qrels
+    scores = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    assert np.mean([s["ndcg_cut_10"] for s in scores.values()]) == pytest.approx(row["ndcg@10"], abs=1e-6)
+    assert np.mean([s["recall_100"] for s in scores.values()]) == pytest.approx(row["recall@100"], abs=1e-6)
 
 
 def test_second_run_skips_every_stage(finished_run: tuple[Path, list], profile: Path) -> None:
