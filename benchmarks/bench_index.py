@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="timed batch calls of each backend; the median counts")
     parser.add_argument("--faiss", nargs="*", default=["flat", "ivf", "hnsw"], help="FAISS kinds (none: skip)")
+    parser.add_argument("--faiss-nlist", type=int, default=None,
+                        help="IVF lists; default: index.faiss_nlist's (about 4 * sqrt(units), trained on 256 per list)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", type=Path, default=None, help="where the inputs and the index go (a temp dir)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/index.json"))
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc_ids = json.loads((index_dir / "ids.json").read_text())
         for kind in args.faiss:
             start = time.perf_counter()
-            build_faiss(index_dir, kind)
+            build_faiss(index_dir, kind, nlist=args.faiss_nlist)
             faiss_build[kind] = round(time.perf_counter() - start, 3)
             write_index_files(index_dir, doc_ids, args.level, {**manifest, "faiss": kind})
             search[f"faiss-{kind}"], _ = measure_search(index_dir, queries, sources, args.k, args.n_single,
