@@ -29,7 +29,7 @@ from pipeline import layout
 from pipeline.config import (EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, IndexConfig, LoggerConfig,
                              Stage1Config)
 from retrieval.filter import FilterConfig
-from retrieval.rao_blackwell import RaoBlackwellConfig
+from retrieval.rao_blackwell import WEIGHTING_METHODS, RaoBlackwellConfig
 from retrieval.synthetic import SyntheticRecord, read_synthetic
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,16 @@ class PipelineContext:
     def index_stage(self) -> str:
         """Whose synthetic outputs the index uses: ``index.stage``, else the last of ``evaluate.stages``."""
         return self.index.stage or self.evaluate.stages[-1]
+
+    @property
+    def index_weighting(self) -> dict[str, Any]:
+        """The ``rao_blackwell`` settings that decide the index's vectors: not ``chunk_size`` (memory only), nor
+        ``bertscore_layer`` for a method that reads no BERTScore (changing them must not rebuild the index)."""
+        settings = dataclasses.asdict(self.rao_blackwell)
+        settings.pop("chunk_size")
+        if WEIGHTING_METHODS.get(self.rao_blackwell.method).output_score != "bertscore":
+            settings.pop("bertscore_layer")
+        return settings
 
     @property
     def index_system(self) -> str:

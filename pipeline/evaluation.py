@@ -320,14 +320,14 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator, export: RunExport | N
 def _shipped_row(ctx: PipelineContext, evaluator: Evaluator, export: RunExport | None = None) -> ResultRow:
     """The index's row, scored by searching the files the index stage wrote (``<run_dir>/index/``)."""
     index = load_index(ctx.run_dir / layout.INDEX_DIR)
-    expected = {"rao_blackwell": dataclasses.asdict(ctx.rao_blackwell), "system": ctx.index_system}
+    expected = {"rao_blackwell": ctx.index_weighting, "system": ctx.index_system}
     found = {key: index.manifest.get(key) for key in expected}
     if found != expected or index.doc_ids != evaluator.doc_ids:
         raise RuntimeError(f"{index.path} was built for {found['system']} with other settings or documents than "
                            f"this evaluation's row {ctx.index_system}: rerun the index stage (`train.py index`)")
     return _scored_row(evaluator, ctx.index_system,
                        lambda: search_index(index, evaluator.query_ids, evaluator.queries, ctx.evaluate.search),
-                       {"rao_blackwell": expected["rao_blackwell"], "index": str(index.path)}, export)
+                       {"rao_blackwell": dataclasses.asdict(ctx.rao_blackwell), "index": str(index.path)}, export)
 
 
 CORPUS_ONLY_ROW = {"doc": "dense", "sentence": "dense-sentence", "multi": "dense-multi"}

@@ -44,7 +44,7 @@ def check_index_config(ctx: PipelineContext) -> None:
 def index_settings(ctx: PipelineContext) -> dict[str, Any]:
     """What decides the index's vectors (its stage's rerun slice); the batch size does not."""
     settings = {k: v for k, v in dataclasses.asdict(ctx.index).items() if k != "batch_size"}
-    return {**settings, "stage": ctx.index_stage, "rao_blackwell": dataclasses.asdict(ctx.rao_blackwell),
+    return {**settings, "stage": ctx.index_stage, "rao_blackwell": ctx.index_weighting,
             "sentence_weight": ctx.evaluate.multi_sentence_weight if ctx.index.level == "multi" else None}
 
 
@@ -100,7 +100,7 @@ def _manifest(ctx: PipelineContext, doc_ids: list[str]) -> dict[str, Any]:
         "encoder_max_length": encoder.max_length,
         "embedding_precision": documents.get("precision", "32-true"),
         "query_batch_size": ctx.embed.batch_size,
-        "rao_blackwell": dataclasses.asdict(ctx.rao_blackwell),
+        "rao_blackwell": ctx.index_weighting,
         "sentence_weight": ctx.evaluate.multi_sentence_weight if ctx.index.level == "multi" else None,
         "synthetic_stages": [ctx.index_stage],
         "use_filtered": ctx.evaluate.use_filtered,
