@@ -424,9 +424,24 @@ def _check_option(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
 
 
+def is_corpus_only(root: str | Path) -> bool:
+    """A folder with ``corpus.jsonl`` and neither ``queries.jsonl`` nor ``qrels/``: documents without judgements."""
+    root = Path(root)
+    return not (root / QUERIES_FILE).exists() and not (root / QRELS_DIR).exists()
+
+
+def _read_corpus(path: Path, cache: Path | None, empty_documents: EmptyDocuments,
+                 judged: set[str]) -> dict[str, Document]:
+    table = _empty_documents(_read_records(path, DOCUMENTS, cache), path, empty_documents, judged)
+    titles = pc.fill_null(table.column("title"), "").to_pylist()
+    return dict(zip(table.column("_id").to_pylist(), map(Document, titles, table.column("text").to_pylist())))
+
+
 def load_beir(root: str | Path, split: str = "test", unknown_ids: UnknownIds = "warn",
               cache_dir: str | Path | None = None, empty_documents: EmptyDocuments = "keep") -> BeirDataset:
     """Read one split of a BEIR folder, checked; raise :class:`InputError` naming file, line and field.
+
+    A folder with only ``corpus.jsonl`` (:func:`is_corpus_only`) gives a dataset without queries and qrels.
 
     ``unknown_ids`` decides what a judgement naming an absent query or document does: "warn" drops
     it with a logged warning (the scores then differ from BEIR's), "keep" scores it as BEIR does,
@@ -439,16 +454,15 @@ def load_beir(root: str | Path, split: str = "test", unknown_ids: UnknownIds = "
     if not root.is_dir():
         raise InputError("BEIR folder not found", path=root, hint=LAYOUT_HINT)
     corpus_path = require_file(root / CORPUS_FILE, LAYOUT_HINT)
+    cache = None if cache_dir is None else Path(cache_dir)
+    if is_corpus_only(root):  # the method needs no judgements: every stage up to the index runs
+        return BeirDataset(root=root, split=split, corpus=_read_corpus(corpus_path, cache, empty_documents, set()),
+                           queries={}, qrels={})
     queries_path = require_file(root / QUERIES_FILE, LAYOUT_HINT)
     qrels_path = _qrels_path(root, split)
-    cache = None if cache_dir is None else Path(cache_dir)
 
     judgements = read_qrels(qrels_path)  # cheap: fail on bad qrels before building a large corpus cache
-    corpus_table = _read_records(corpus_path, DOCUMENTS, cache)
-    corpus_table = _empty_documents(corpus_table, corpus_path, empty_documents, {j.doc_id for j in judgements})
-    titles = pc.fill_null(corpus_table.column("title"), "").to_pylist()
-    corpus = dict(zip(corpus_table.column("_id").to_pylist(),
-                      map(Document, titles, corpus_table.column("text").to_pylist())))
+    corpus = _read_corpus(corpus_path, cache, empty_documents, {j.doc_id for j in judgements})
     query_table = _read_records(queries_path, QUERIES, cache)
     all_queries = dict(zip(query_table.column("_id").to_pylist(), query_table.column("text").to_pylist()))
 
@@ -500,3 +514,19 @@ def write_beir(dataset: BeirDataset, out_dir: Path, extra_splits: dict[str, dict
                                                 for qid, text in known_queries.items() if qid in judged))
     for split, qrels in splits.items():
         _write_qrels(out_dir / QRELS_DIR / f"{split}.tsv", qrels)
+
+
+def read_queries(path: str | Path) -> dict[str, str]:
+    """A ``queries.jsonl`` on its own (``train.py search``): ``{_id: text}`` in file order, checked line by line."""
+    path = Path(path)
+    queries: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for line, obj in iter_jsonl(path):
+        query_id = str(_check_query(obj, path, line))
+        if query_id in queries:
+            raise InputError(f"duplicate id '{query_id}' (first on line {first_line[query_id]})", path=path, line=line,
+                             field="_id")
+        queries[query_id], first_line[query_id] = obj["text"], line
+    if not queries:
+        raise InputError("no queries: the file is empty", path=path)
+    return queries

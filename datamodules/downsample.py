@@ -103,7 +103,7 @@ def _restrict(dataset: BeirDataset, path: Path) -> tuple[dict, dict]:
     # a judged document outside the whole corpus (unknown_ids: keep) cannot survive the cut and does not count
     qrels = {qid: docs for qid, docs in dataset.qrels.items()
              if all(doc_id in corpus or doc_id not in dataset.corpus for doc_id in docs)}
-    if not qrels:
+    if not qrels and dataset.qrels:
         raise InputError(f"no query of split '{dataset.split}' has all its judged documents in this list", path=path)
     log.info("restricted to %d documents of %s; %d of %d queries have all judged documents in it",
              len(corpus), path, len(qrels), len(dataset.qrels))

@@ -22,7 +22,7 @@ from retrieval.rao_blackwell import WEIGHTING_METHODS
 from retrieval.search import SearchConfig
 from retrieval.synthetic import UnknownDocPolicy
 
-STAGES = ("data", "stage1", "filter", "tune", "stage2", "filter2", "embed", "evaluate")
+STAGES = ("data", "stage1", "filter", "tune", "stage2", "filter2", "embed", "index", "evaluate")
 """Stage names, in order; each is also a command: ``python train.py <stage> -c profile.yaml``."""
 
 
@@ -110,6 +110,34 @@ class EmbedConfig:
 
 
 @dataclass
+class IndexConfig:
+    """The index: the product of a run, Rao-Blackwellised vectors in ``<run_dir>/index/`` (``retrieval.index_files``).
+
+    The weighting is ``rao_blackwell`` and, at the multi level, the sentence mix ``evaluate.multi_sentence_weight``;
+    the results row ``rb-<method>-<level>-<stage>`` is scored by searching these files.
+
+    Attributes:
+        level: ``doc``, ``sentence`` or ``multi`` (the sentences plus the document's vector; needs ``embed.sentences``).
+        stage: whose kept synthetic texts augment the vectors; null: the last of ``evaluate.stages``.
+        dtype: of ``vectors.safetensors`` (search computes in float32).
+        faiss: also write ``index.faiss``: ``flat`` (exact), ``ivf`` or ``hnsw`` (approximate); null: none.
+        faiss_nlist: IVF lists; null: about 4 * sqrt(units).
+        batch_size: documents per batch per device of the index loop.
+    """
+
+    level: Literal["doc", "sentence", "multi"] = "multi"
+    stage: Literal["stage1", "stage2"] | None = None
+    dtype: Literal["float32", "float16"] = "float32"
+    faiss: Literal["flat", "ivf", "hnsw"] | None = None
+    faiss_nlist: int | None = None
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"index.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class EvaluateConfig:
     """The results table and the weight sweep.
 
@@ -134,6 +162,8 @@ class EvaluateConfig:
         search: how vectors are searched.
         bm25: BM25 settings.
         columns: metric columns of the markdown table.
+        run_depth: documents per query in each row's TREC run (``runs/<system>.trec``, for trec_eval, ranx,
+            pyserini); at most ``search.k`` and ``bm25.k`` (what was retrieved); null writes no runs.
     """
 
     methods: list[str] = field(default_factory=WEIGHTING_METHODS.names)
@@ -150,9 +180,18 @@ class EvaluateConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     bm25: BM25Config = field(default_factory=BM25Config)
     columns: list[str] = field(default_factory=lambda: ["ndcg@10", "mrr@100", "recall@100"])
+    run_depth: int | None = 1000
 
     def __post_init__(self) -> None:
         WEIGHTING_METHODS.check(self.methods, "evaluate.methods")
+        if self.run_depth is not None:
+            if self.run_depth < 1:
+                raise ValueError(f"evaluate.run_depth must be >= 1 or null (no runs), got {self.run_depth}")
+            for key, retrieved in (("search.k", self.search.k), ("bm25.k", self.bm25.k)):
+                if self.run_depth > retrieved:
+                    raise ValueError(f"evaluate.run_depth ({self.run_depth}) is deeper than evaluate.{key} "
+                                     f"({retrieved}), the documents retrieved per query: raise evaluate.{key} "
+                                     f"or lower evaluate.run_depth")
 
 
 @dataclass

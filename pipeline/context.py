@@ -17,17 +17,19 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.from_config import instantiate_callbacks
 from callbacks.wandb_logger import OfflineFirstWandbLogger
 from core.fingerprint import plain
-from datamodules.beir import BeirDataset
+from datamodules.beir import BeirDataset, is_corpus_only
 from datamodules.downsample import DataConfig, load_dataset_from_config
 from datamodules.prompts import PromptTemplates
 from lightning_modules.generator import GeneratorModule, ModelSource
 from lightning_modules.precision import PrecisionChoice, precision_identity
 from pipeline import layout
-from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, LoggerConfig, Stage1Config
+from pipeline.config import (EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, IndexConfig, LoggerConfig,
+                             Stage1Config)
 from retrieval.filter import FilterConfig
-from retrieval.rao_blackwell import RaoBlackwellConfig
+from retrieval.rao_blackwell import WEIGHTING_METHODS, RaoBlackwellConfig
 from retrieval.synthetic import SyntheticRecord, read_synthetic
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class PipelineContext:
     trainer: dict[str, Any]
     logger: LoggerConfig
     precision: PrecisionChoice | None = None  # how trainer.precision was resolved (``auto`` -> bf16 or float32)
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
+    callbacks: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # class_path/init_args, every loop
 
     @functools.cached_property
     def dataset(self) -> BeirDataset:
@@ -127,6 +131,31 @@ class PipelineContext:
                      len(records) - len(texts), len(records))
         return texts
 
+    @property
+    def corpus_only(self) -> bool:
+        """``data.path`` holds documents without queries and judgements: no evaluation, the index is the product."""
+        return is_corpus_only(self.data.path)
+
+    @property
+    def index_stage(self) -> str:
+        """Whose synthetic outputs the index uses: ``index.stage``, else the last of ``evaluate.stages``."""
+        return self.index.stage or self.evaluate.stages[-1]
+
+    @property
+    def index_weighting(self) -> dict[str, Any]:
+        """The ``rao_blackwell`` settings that decide the index's vectors: not ``chunk_size`` (memory only), nor
+        ``bertscore_layer`` for a method that reads no BERTScore (changing them must not rebuild the index)."""
+        settings = dataclasses.asdict(self.rao_blackwell)
+        settings.pop("chunk_size")
+        if WEIGHTING_METHODS.get(self.rao_blackwell.method).output_score != "bertscore":
+            settings.pop("bertscore_layer")
+        return settings
+
+    @property
+    def index_system(self) -> str:
+        """The results row the index is, ``rb-<method>-<level>-<stage>``: scored by searching the index's files."""
+        return f"rb-{self.rao_blackwell.method}-{self.index.level}-{self.index_stage}"
+
     def generation_settings(self) -> dict[str, Any]:
         """What decides the model's generated texts: ``generation`` without the batch size (outputs do not
         depend on it) and ``filter_stage2`` (it decides filter2's work only); a precision other than float32."""
@@ -174,8 +203,10 @@ class PipelineContext:
             logger.finalize("success")
 
     def trainer_kwargs(self) -> dict[str, Any]:
-        """Trainer settings for prediction loops (generation, embedding): no logger, no checkpoints."""
+        """Trainer settings for prediction loops (generation, embedding, index): no logger, no checkpoints;
+        the profile's ``callbacks``, built afresh for each call (tuning's CLI builds its own from the same specs)."""
         kwargs = {key: value for key, value in self.trainer.items()
                   if key not in ("logger", "callbacks", "max_epochs", "default_root_dir")}
-        kwargs.update(logger=False, enable_checkpointing=False, default_root_dir=str(self.run_dir))
+        kwargs.update(logger=False, enable_checkpointing=False, default_root_dir=str(self.run_dir),
+                      callbacks=instantiate_callbacks(self.callbacks))
         return kwargs

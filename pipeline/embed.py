@@ -46,7 +46,7 @@ def _is_complete(output: Path, ids: list[str], tag: str) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_trainer_setup() -> Iterator[None]:
+def quiet_trainer_setup() -> Iterator[None]:
     """Hide Lightning's INFO banners ("GPU available: ...", tips) printed while a ``Trainer`` is built."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = logger.level
@@ -93,7 +93,7 @@ def embed_texts(items: Sequence[tuple[str, str]], encoder: str | EncoderModule, 
     settings.update(trainer_kwargs or {})
     extra = settings.get("callbacks") or []
     settings["callbacks"] = [writer, *([extra] if isinstance(extra, Callback) else extra), StopOnSignal()]
-    with _quiet_trainer_setup():  # a stage builds several trainers: their device banners would bury the progress
+    with quiet_trainer_setup():  # a stage builds several trainers: their device banners would bury the progress
         trainer = Trainer(**settings)
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
 

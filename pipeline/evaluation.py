@@ -26,10 +26,12 @@ from core.registry import Registry
 from lightning_modules.encoder import EncoderModule, weights_signature
 from pipeline import layout
 from pipeline.context import PipelineContext
+from pipeline.run_export import RunExport
 from retrieval.bertscore import bertscore_f1, check_layer
 from retrieval.bm25 import bm25_search
+from retrieval.index_files import load_index, search_index
 from retrieval.metrics import evaluate_run
-from retrieval.rao_blackwell import WEIGHTING_METHODS, RaoBlackwellConfig, rao_blackwellise
+from retrieval.rao_blackwell import WEIGHTING_METHODS, RaoBlackwellConfig, mix_sentences, rao_blackwell_level
 from retrieval.results import ResultRow, write_results
 from retrieval.search import search
 from retrieval.significance import compare_to_baselines
@@ -146,6 +148,10 @@ class Evaluator:
                             ignore_identical_ids=cfg.search.ignore_identical_ids, per_query=True)
 
     def score_units(self, units: Units) -> dict[str, float]:
+        return self.score_run(self.run_units(units))
+
+    def run_units(self, units: Units) -> dict[str, dict[str, float]]:
+        """The run (query id -> {doc id: score}) of searching ``units`` (on the sub-corpus, if one is kept)."""
         vectors, unit_to_doc, doc_ids = units.vectors, units.unit_to_doc, self.doc_ids
         if self.keep_mask is not None:
             owner = unit_to_doc if unit_to_doc is not None else torch.arange(len(self.doc_ids))
@@ -154,8 +160,7 @@ class Evaluator:
             doc_ids = [doc_id for doc_id, keep in zip(self.doc_ids, self.keep_mask.tolist()) if keep]
             vectors = vectors[kept_units]
             unit_to_doc = None if unit_to_doc is None else new_index[owner[kept_units]]
-        run = search(self.query_ids, self.queries, doc_ids, vectors, self.ctx.evaluate.search, unit_to_doc=unit_to_doc)
-        return self.score_run(run)
+        return search(self.query_ids, self.queries, doc_ids, vectors, self.ctx.evaluate.search, unit_to_doc=unit_to_doc)
 
     def units(self, level: str) -> Units:
         """``doc``: one vector per document; ``sentence``: the sentence units."""
@@ -213,15 +218,15 @@ class Evaluator:
         level's sentence mix (default ``evaluate.multi_sentence_weight``)."""
         if level == "multi":
             return self.multi_units(stage, config, sentence_weight)
-        units, synthetic = self.units(level), self.synthetic(stage)
-        unit_to_doc = units.unit_to_doc if units.unit_to_doc is not None else torch.arange(len(self.doc_ids))
+        synthetic = self.synthetic(stage)
         needed = WEIGHTING_METHODS.get(config.method).output_score
         weights = self.output_scores(stage, needed) if needed is not None else None
-        needs_docs = config.parent_share > 0 or (level == "sentence" and config.similarity_to == "document")
-        vectors = rao_blackwellise(units.vectors, unit_to_doc, synthetic.vectors, synthetic.doc, synthetic.task,
-                                   config, synthetic_weights=weights,
-                                   doc_vectors=self.documents if needs_docs else None)
-        return Units(vectors, units.unit_to_doc)
+        sentences = self.sentences if level == "sentence" else None
+        vectors, owner = rao_blackwell_level(
+            level, self.documents, synthetic.vectors, synthetic.doc, synthetic.task, config,
+            sentence_vectors=None if sentences is None else sentences.vectors,
+            sentence_doc=None if sentences is None else sentences.unit_to_doc, synthetic_weights=weights)
+        return Units(vectors, owner)
 
     def corpus_only_units(self, level: str, sentence_weight: float | None = None) -> Units:
         """The level's units without synthetic outputs: rows ``dense``, ``dense-sentence``, ``dense-multi``."""
@@ -237,9 +242,7 @@ class Evaluator:
         sentences = self.units("sentence")
         owner = sentences.unit_to_doc
         weight = self.ctx.evaluate.multi_sentence_weight if sentence_weight is None else sentence_weight
-        vectors = sentences.vectors
-        if weight < 1.0:
-            vectors = torch.nn.functional.normalize(weight * vectors + (1 - weight) * self.documents[owner], dim=-1)
+        vectors = mix_sentences(sentences.vectors, owner, self.documents, weight)
         if stage is None:
             documents = self.documents
         elif config is None:
@@ -249,11 +252,20 @@ class Evaluator:
         return Units(torch.cat([vectors, documents]), torch.cat([owner, torch.arange(len(self.doc_ids))]))
 
 
-def _row(system: str, scores: Callable[[], dict[str, float]], extra: dict[str, Any] | None = None) -> ResultRow:
+Run = dict[str, dict[str, float]]
+
+
+def _scored_row(evaluator: Evaluator, system: str, retrieve: Callable[[], Run], extra: dict[str, Any] | None = None,
+                export: RunExport | None = None) -> ResultRow:
+    """Retrieve, score, and (with ``export``) write the run the scores came from."""
     start = time.perf_counter()
-    metrics = scores()
+    run = retrieve()
+    metrics = evaluator.score_run(run)
+    seconds = round(time.perf_counter() - start, 2)
+    if export is not None:
+        export(system, run)
     log.info("%-32s nDCG@10 %.4f", system, metrics.get("ndcg@10", float("nan")))
-    return ResultRow(system, dict(metrics), {**(extra or {}), "seconds": round(time.perf_counter() - start, 2)},
+    return ResultRow(system, dict(metrics), {**(extra or {}), "seconds": seconds},
                      per_query=getattr(metrics, "per_query", None))
 
 
@@ -261,43 +273,63 @@ def available_stages(ctx: PipelineContext) -> list[str]:
     return [stage for stage in ctx.evaluate.stages if (ctx.run_dir / layout.synthetic_vectors(stage)).is_file()]
 
 
-def table_rows(ctx: PipelineContext, evaluator: Evaluator) -> list[ResultRow]:
-    """Every system of the results table, in a fixed order."""
+def table_rows(ctx: PipelineContext, evaluator: Evaluator, export: RunExport | None = None) -> list[ResultRow]:
+    """Every system of the results table, in a fixed order; ``export`` writes each row's run."""
     cfg, dataset = ctx.evaluate, ctx.dataset
     stages = available_stages(ctx)
     final = stages[-1] if stages else None
     docs = [(doc_id, dataset.doc_text(doc_id)) for doc_id in evaluator.doc_ids]
     queries = list(dataset.queries.items())
     rows: list[ResultRow] = []
+
+    def _row(system: str, retrieve: Callable[[], Run], extra: dict[str, Any] | None = None) -> ResultRow:
+        return _scored_row(evaluator, system, retrieve, extra, export)
+
     if "bm25" in cfg.baselines:
-        rows.append(_row("bm25", lambda: evaluator.score_run(bm25_search(docs, queries, cfg.bm25, progress=False))))
+        rows.append(_row("bm25", lambda: bm25_search(docs, queries, cfg.bm25, progress=False)))
     if "dense" in cfg.baselines:
-        rows.append(_row("dense", lambda: evaluator.score_units(evaluator.corpus_only_units("doc")),
+        rows.append(_row("dense", lambda: evaluator.run_units(evaluator.corpus_only_units("doc")),
                          {"encoder": ctx.embedding_encoder}))
     if "dense-sentence" in cfg.baselines and evaluator.sentences is not None:
-        rows.append(_row("dense-sentence", lambda: evaluator.score_units(evaluator.corpus_only_units("sentence"))))
+        rows.append(_row("dense-sentence", lambda: evaluator.run_units(evaluator.corpus_only_units("sentence"))))
     if "dense-multi" in cfg.baselines and evaluator.sentences is not None:
-        rows.append(_row("dense-multi", lambda: evaluator.score_units(evaluator.corpus_only_units("multi")),
+        rows.append(_row("dense-multi", lambda: evaluator.run_units(evaluator.corpus_only_units("multi")),
                          {"multi_sentence_weight": cfg.multi_sentence_weight}))
     if "expansion" in cfg.baselines:
         for stage in stages:
             suffix = "" if stage == final else f"-{stage}"
             _, expanded = _tensor(ctx.run_dir / layout.expansion_vectors(stage))
             texts = expansion_texts(ctx.documents(), ctx.synthetic_records(stage))
-            rows.append(_row(f"expansion-dense{suffix}", lambda v=expanded: evaluator.score_units(Units(v, None))))
+            rows.append(_row(f"expansion-dense{suffix}", lambda v=expanded: evaluator.run_units(Units(v, None))))
             rows.append(_row(f"expansion-bm25{suffix}",
-                             lambda t=texts: evaluator.score_run(bm25_search(t, queries, cfg.bm25, progress=False))))
+                             lambda t=texts: bm25_search(t, queries, cfg.bm25, progress=False)))
     for stage in stages:
         for method in cfg.methods:
             config = dataclasses.replace(ctx.rao_blackwell, method=method)
             for level in cfg.levels:
                 if level in ("sentence", "multi") and evaluator.sentences is None:
                     continue
+                if f"rb-{method}-{level}-{stage}" == ctx.index_system and evaluator.keep_mask is None:
+                    rows.append(_shipped_row(ctx, evaluator, export))  # what is evaluated is what is shipped
+                    continue
                 rows.append(_row(f"rb-{method}-{level}-{stage}",
-                                 lambda lv=level, st=stage, c=config: evaluator.score_units(
+                                 lambda lv=level, st=stage, c=config: evaluator.run_units(
                                      evaluator.rao_blackwell(lv, st, c)),
                                  {"rao_blackwell": dataclasses.asdict(config)}))
     return rows
+
+
+def _shipped_row(ctx: PipelineContext, evaluator: Evaluator, export: RunExport | None = None) -> ResultRow:
+    """The index's row, scored by searching the files the index stage wrote (``<run_dir>/index/``)."""
+    index = load_index(ctx.run_dir / layout.INDEX_DIR)
+    expected = {"rao_blackwell": ctx.index_weighting, "system": ctx.index_system}
+    found = {key: index.manifest.get(key) for key in expected}
+    if found != expected or index.doc_ids != evaluator.doc_ids:
+        raise RuntimeError(f"{index.path} was built for {found['system']} with other settings or documents than "
+                           f"this evaluation's row {ctx.index_system}: rerun the index stage (`train.py index`)")
+    return _scored_row(evaluator, ctx.index_system,
+                       lambda: search_index(index, evaluator.query_ids, evaluator.queries, ctx.evaluate.search),
+                       {"rao_blackwell": dataclasses.asdict(ctx.rao_blackwell), "index": str(index.path)}, export)
 
 
 CORPUS_ONLY_ROW = {"doc": "dense", "sentence": "dense-sentence", "multi": "dense-multi"}
@@ -364,7 +396,11 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
 def evaluate_run_dir(ctx: PipelineContext) -> list[ResultRow]:
     """Write ``results.json``/``results.md``, ``sweep.json`` and the sweep plot; log the table."""
     evaluator = Evaluator(ctx)
-    rows = table_rows(ctx, evaluator)
+    depth = ctx.evaluate.run_depth
+    export = None if depth is None else RunExport(ctx.run_dir, depth, ctx.evaluate.search.ignore_identical_ids)
+    rows = table_rows(ctx, evaluator, export)
+    if export is not None:
+        log.info("TREC runs of every row (depth %d): %s", depth, export.finish())
     vs = compare_to_baselines({row.system: row.per_query for row in rows if row.per_query})
     for row in rows:  # each rb-*/expansion-* row against dense, dense-sentence and dense-multi, query by query
         if row.system in vs:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from datamodules.downsample import KEPT_DOCS_FILE, KEPT_QUERIES_FILE
 from retrieval.results import RESULTS_JSON, RESULTS_MD  # noqa: F401  (re-exported: the table files)
 
@@ -23,8 +25,11 @@ VECTORS_DIR = "vectors"
 DOCUMENTS = "vectors/documents.safetensors"
 SENTENCES = "vectors/sentences.safetensors"
 QUERIES = "vectors/queries.safetensors"
+INDEX_DIR = "index"  # the product: retrieval.index_files describes its files
+INDEX_MANIFEST = "index/manifest.json"  # written last: its presence means the index is complete
 SWEEP_JSON = "sweep.json"
 SWEEP_PLOT = "plots/weight_sweep.png"
+RUNS_DIR = "runs"  # one TREC run per results row: run_file(system)
 TIMINGS = "timings.json"
 
 
@@ -36,6 +41,13 @@ def synthetic_vectors(stage: str) -> str:
 def expansion_vectors(stage: str) -> str:
     """Embeddings of documents with their synthetic questions appended (docTTTTTquery-style)."""
     return f"vectors/expansion-{stage}.safetensors"
+
+
+def run_file(system: str) -> str:
+    """A results row's TREC run (``pipeline.run_export``); the system name must be safe as a file name."""
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", system):
+        raise ValueError(f"system name {system!r} cannot name a run file: letters, digits, '.', '_', '-' only")
+    return f"{RUNS_DIR}/{system}.trec"
 
 
 def vector_outputs(sentences: bool) -> list[str]:

@@ -20,16 +20,19 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.from_config import instantiate_callbacks
 from core.fingerprint import plain
 from core.interrupt import stop_on_signals
-from core.io import write_json_atomic
+from core.io import InputError, write_json_atomic
 from datamodules.downsample import DataConfig
 from datamodules.prompts import PromptTemplates
 from lightning_modules.generator import GeneratorModule
 from lightning_modules.precision import resolve_trainer_precision
 from pipeline import layout
-from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, LoggerConfig, Stage1Config
+from pipeline.config import (EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, IndexConfig, LoggerConfig,
+                             Stage1Config)
 from pipeline.context import PipelineContext
+from pipeline.index import check_index_config
 from pipeline.preflight import check_fit_configs, check_models, check_paths, check_settings
 from pipeline.report import print_summary
 from pipeline.run_lock import run_lock
@@ -51,9 +54,11 @@ def run_pipeline(data: DataConfig,
                  fit: FitConfig = FitConfig(),
                  embed: EmbedConfig = EmbedConfig(),
                  rao_blackwell: RaoBlackwellConfig = RaoBlackwellConfig(),
+                 index: IndexConfig = IndexConfig(),
                  evaluate: EvaluateConfig = EvaluateConfig(),
                  trainer: dict[str, Any] | None = None,
                  logger: LoggerConfig = LoggerConfig(),
+                 callbacks: list[dict[str, Any]] | None = None,
                  stages: list[str] | None = None,
                  force: list[str] | None = None) -> list[StageOutcome]:
     """Run the pipeline (or the stages named in ``stages``) in ``run_dir``, skipping finished stages.
@@ -70,23 +75,38 @@ def run_pipeline(data: DataConfig,
         fit: instruction tuning (LightningCLI fit fragments and overrides).
         embed: the encoder and what is embedded.
         rao_blackwell: the weighting of synthetic embeddings into document vectors.
+        index: the index the run ships (``<run_dir>/index/``): level, synthetic stage, dtype, FAISS.
         evaluate: rows of the results table and the weight sweep.
         trainer: Trainer settings for every Lightning stage (``configs/trainer/*.yaml``); ``precision: auto`` (also
             when absent) is bf16-mixed where the CPU or GPU computes bfloat16 natively, else 32-true
             (``lightning_modules.precision``); ``float32`` / ``bf16`` force either.
         logger: Weights & Biases settings.
+        callbacks: Lightning callbacks (``class_path``/``init_args``, as under fit's ``trainer.callbacks``) added to
+            every loop the pipeline runs: generation, tuning, embedding, index (a fresh instance per loop). They observe:
+            no stage's fingerprint includes them.
         stages: run only these stages (their inputs must exist); default every stage.
         force: rerun these stages even if done.
     """
     run_dir = Path(run_dir)
+    if trainer and "callbacks" in trainer:
+        raise InputError("not read by the pipeline's loops", field="trainer.callbacks",
+                         hint="list callbacks under the top-level `callbacks:` key (every loop), or in a "
+                              "fit.configs fragment under `trainer.callbacks+:` (tuning only)")
     trainer_settings, precision = resolve_trainer_precision(dict(trainer or {}))  # before any stage: one choice
     log.info("precision: %s -> %s (%s)", precision.setting, precision.lightning, precision.reason)
     ctx = PipelineContext(run_dir=run_dir, data=data, model=model, prompts=prompts, stage1=stage1,
                           generation=generation, filter=filter, fit=fit, embed=embed, rao_blackwell=rao_blackwell,
-                          evaluate=evaluate, trainer=trainer_settings, logger=logger, precision=precision)
+                          index=index, evaluate=evaluate, trainer=trainer_settings, logger=logger, precision=precision,
+                          callbacks=list(callbacks or []))
     all_stages = build_stages(ctx)
     check_settings(ctx)
+    check_index_config(ctx)
+    if ctx.corpus_only and "evaluate" in (stages or ()):
+        raise InputError(f"{data.path} holds corpus.jsonl only: no queries or qrels to evaluate against",
+                         field="data.path", hint="add queries.jsonl and qrels/<split>.tsv, or search the index: "
+                                                 f"python3 train.py search --index {run_dir / layout.INDEX_DIR} ...")
     check_paths(ctx)  # before anything is written: a wrong path costs seconds, not a stage
+    instantiate_callbacks(ctx.callbacks, "callbacks")  # a wrong callback class or option too
     is_zero = rank_zero_only.rank == 0
     # a second run on run_dir refuses here, before any work; SIGTERM/SIGINT stop it between batches or stages
     with run_lock(run_dir, is_global_zero=is_zero), stop_on_signals():
@@ -104,8 +124,9 @@ def run_pipeline(data: DataConfig,
             write_json_atomic(run_dir / layout.PIPELINE_CONFIG, {
                 "data": plain(data), "model": ctx.model_config, "prompts": plain(prompts), "stage1": plain(stage1),
                 "generation": plain(generation), "filter": plain(filter), "fit": plain(fit), "embed": plain(embed),
-                "rao_blackwell": plain(rao_blackwell), "evaluate": plain(evaluate), "trainer": plain(ctx.trainer),
-                "logger": plain(logger), "precision": precision.record()})
+                "rao_blackwell": plain(rao_blackwell), "index": plain(index), "evaluate": plain(evaluate),
+                "trainer": plain(ctx.trainer), "logger": plain(logger), "callbacks": plain(ctx.callbacks),
+                "precision": precision.record()})
             print_summary(ctx, outcomes)
     return outcomes
 

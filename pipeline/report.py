@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Sequence
 
 from core.io import write_json_atomic
@@ -32,7 +34,23 @@ def print_summary(ctx: PipelineContext, outcomes: Sequence[StageOutcome]) -> Non
     lines += [f"| {o.name} | {o.status} | {last.get(o.name, 0) or 0:.1f} |" for o in outcomes]
     print("\n".join(lines))
     results = ctx.run_dir / layout.RESULTS_JSON
-    if results.is_file():
+    if ctx.corpus_only:
+        print(f"\nevaluate: skipped, {ctx.data.path} holds corpus.jsonl only (no queries.jsonl or qrels/ to score "
+              "against)")
+    elif results.is_file():
         dataset, split, rows = read_results(results)
         print(f"\nResults on {dataset} ({split}), {ctx.run_dir / layout.RESULTS_MD}:\n")
         print(format_table(rows, ctx.evaluate.columns))
+    print_index_location(ctx)
+
+
+def print_index_location(ctx: PipelineContext) -> None:
+    """Where the run's product is, and the command that searches it."""
+    manifest = ctx.run_dir / layout.INDEX_MANIFEST
+    if not manifest.is_file():
+        return
+    described = json.loads(manifest.read_text(encoding="utf-8"))
+    index_dir = ctx.run_dir / layout.INDEX_DIR
+    print(f"\nIndex: {index_dir} ({described['documents']} documents, {described['units']} {described['level']}-level "
+          f"vectors, {described['system']})\nSearch it: python3 train.py search --index {shlex.quote(str(index_dir))} "
+          "--query \"your question\"   (or --queries queries.jsonl [--qrels qrels/test.tsv] --output run.trec)")

@@ -21,6 +21,7 @@ from pipeline.context import PipelineContext
 from pipeline.embed import embed_texts
 from pipeline.evaluation import evaluate_run_dir
 from pipeline.filter_stage import encoder_embedder, run_filter
+from pipeline.index import build_index, index_settings
 from pipeline.fit import fit_selfinstruct
 from pipeline.runner import Stage
 from pipeline.sources import STAGE1_SOURCES, generate
@@ -54,6 +55,8 @@ def run_tune(ctx: PipelineContext) -> None:
     key_file, key = _discard_checkpoints_of_other_runs(ctx)
     trainer = {**ctx.trainer, **ctx.fit.trainer, "default_root_dir": str(ctx.run_dir / layout.FIT_DIR)}
     trainer["logger"] = ctx.fit_logger_config()
+    if ctx.callbacks:  # appended to the fit CLI's own (LearningRateMonitor and those of fit.configs)
+        trainer["callbacks+"] = ctx.callbacks
     data = {"init_args": {**ctx.fit.data, "kept_file": str(ctx.run_dir / layout.STAGE1_KEPT),
                           "dataset": plain(ctx.data), "prompts": plain(ctx.prompts),
                           "split_dir": str(ctx.run_dir / layout.SELFINSTRUCT_DIR)}}
@@ -177,9 +180,15 @@ def build_stages(ctx: PipelineContext) -> list[Stage]:
                        "encoder": ctx.base_encoder}, lambda: [layout.STAGE2_KEPT], lambda: ["stage2"]),
         Stage("embed", lambda: run_embed(ctx), lambda: {"embed": embed, "evaluate_filtered": ctx.evaluate.use_filtered},
               lambda: layout.vector_outputs(ctx.embed.sentences), lambda: embed_deps, collective=True),
+        Stage("index", lambda: build_index(ctx), lambda: index_settings(ctx), lambda: [layout.INDEX_MANIFEST],
+              lambda: ["embed"], collective=True),
+    ]
+    if ctx.corpus_only:  # nothing to score against (pipeline.report says so)
+        return stages
+    stages += [
         Stage("evaluate", lambda: run_evaluate(ctx),
               lambda: {"evaluate": plain(ctx.evaluate), "rao_blackwell": plain(ctx.rao_blackwell)},
-              lambda: [layout.RESULTS_JSON, layout.RESULTS_MD], lambda: ["embed"]),
+              lambda: [layout.RESULTS_JSON, layout.RESULTS_MD], lambda: ["embed", "index"]),
     ]
     return stages
 

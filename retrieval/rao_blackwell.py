@@ -413,3 +413,50 @@ def _check_vectors(vectors: Tensor, name: str) -> None:
         if ((norms - 1).abs() > NORM_TOLERANCE).any():
             raise ValueError(f"{name} must be L2-normalised (norms range {norms.min():.4f}..{norms.max():.4f}); "
                              "embed with normalize=True or apply torch.nn.functional.normalize")
+
+
+LEVELS = ("doc", "sentence", "multi")
+"""Unit levels: one vector per document; each sentence; the sentences plus the document's own vector (max-scored)."""
+
+
+def mix_sentences(sentence_vectors: Tensor, sentence_doc: Tensor, doc_vectors: Tensor, sentence_weight: float) -> Tensor:
+    """The multi level's sentence units: normalise(a · sentence + (1 − a) · its document); a = 1 returns them as is."""
+    if sentence_weight >= 1.0:
+        return sentence_vectors
+    return F.normalize(sentence_weight * sentence_vectors.float()
+                       + (1 - sentence_weight) * doc_vectors[sentence_doc].float(), dim=-1).to(sentence_vectors.dtype)
+
+
+def rao_blackwell_level(level: str, doc_vectors: Tensor, synthetic_vectors: Tensor, synthetic_doc: Tensor,
+                        synthetic_task: Tensor | Sequence[str], config: RaoBlackwellConfig, *,
+                        sentence_vectors: Tensor | None = None, sentence_doc: Tensor | None = None,
+                        sentence_weight: float = 1.0,
+                        synthetic_weights: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The units of ``level`` Rao-Blackwellised: ``(vectors, unit_to_doc)``; ``unit_to_doc`` None at ``doc`` level.
+
+    Why one function: the evaluator's in-memory rows and the index loop (one batch of documents at a time)
+    must compute the same vectors. ``sentence`` augments each sentence; ``multi`` is the sentences mixed with
+    their document (:func:`mix_sentences`) followed by every document's Rao-Blackwellised vector.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if level == "multi":
+        rb_docs, _ = rao_blackwell_level("doc", doc_vectors, synthetic_vectors, synthetic_doc, synthetic_task, config,
+                                         synthetic_weights=synthetic_weights)
+        sentences, owner = _sentences(sentence_vectors, sentence_doc)
+        mixed = mix_sentences(sentences, owner, doc_vectors, sentence_weight)
+        return torch.cat([mixed, rb_docs]), torch.cat([owner, torch.arange(len(doc_vectors), device=owner.device)])
+    if level == "doc":
+        units, owner = doc_vectors, torch.arange(len(doc_vectors), device=doc_vectors.device)
+    else:
+        units, owner = _sentences(sentence_vectors, sentence_doc)
+    needs_docs = config.parent_share > 0 or (level == "sentence" and config.similarity_to == "document")
+    vectors = rao_blackwellise(units, owner, synthetic_vectors, synthetic_doc, synthetic_task, config,
+                               synthetic_weights=synthetic_weights, doc_vectors=doc_vectors if needs_docs else None)
+    return vectors, None if level == "doc" else owner
+
+
+def _sentences(sentence_vectors: Tensor | None, sentence_doc: Tensor | None) -> tuple[Tensor, Tensor]:
+    if sentence_vectors is None or sentence_doc is None:
+        raise ValueError("the sentence and multi levels need sentence vectors (embed.sentences: true)")
+    return sentence_vectors, sentence_doc

@@ -37,8 +37,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def _rows(vectors: Vectors, start: int, end: int, device: torch.device) -> torch.Tensor:
     """Rows ``start:end`` as float32 on ``device``; a float16 memmap is read and converted only here."""
     block = vectors[start:end]
-    if isinstance(block, np.ndarray):
-        block = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+    if isinstance(block, np.ndarray):  # a read-only float32 map is copied (torch wants writable memory)
+        block = torch.from_numpy(np.array(block, dtype=np.float32) if not block.flags.writeable
+                                 else np.ascontiguousarray(block, dtype=np.float32))
     return block.to(device=device, dtype=torch.float32, non_blocking=True)
 
 

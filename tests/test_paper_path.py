@@ -147,7 +147,7 @@ def test_embed_stage_uses_the_tuned_encoder(paper_run, dataset, profile, tmp_pat
 
 def test_embed_encoder_base_embeds_with_the_untuned_encoder(paper_run, dataset, profile, tmp_path) -> None:
     run_dir, statuses = _variant(paper_run, tmp_path, "--embed.encoder", "base")
-    assert [name for name, status in statuses.items() if status == "ran"] == ["embed", "evaluate"]
+    assert [name for name, status in statuses.items() if status == "ran"] == ["embed", "index", "evaluate"]
     _, stored = load_vectors(run_dir / layout.DOCUMENTS)
     base = _embed_documents(dataset, Path(profile["model"]["init_args"]["model_name_or_path"]),
                             tmp_path / "base.safetensors")
@@ -158,7 +158,7 @@ def test_fit_skip_generates_stage_2_with_the_base_model(paper_run, dataset, prof
     run_dir, statuses = _variant(paper_run, tmp_path, "--fit.skip", "true")
     assert "tune" not in statuses
     assert [name for name, status in statuses.items() if status == "ran"] == ["stage2", "filter2", "embed",
-                                                                              "evaluate"]
+                                                                              "index", "evaluate"]
     base = _generate(dataset, Path(profile["model"]["init_args"]["model_name_or_path"]), profile,
                      tmp_path / "base.jsonl")
     assert _texts(run_dir / layout.STAGE2) == base
@@ -178,7 +178,7 @@ def test_unfiltered_outputs_augment_when_use_filtered_is_false(paper_run, tmp_pa
     for stage in ("stage1", "stage2"):  # the paper run augments with the kept outputs only
         assert set(load_vectors(source / layout.synthetic_vectors(stage))[0]) == kept[stage]
     run_dir, statuses = _variant(paper_run, tmp_path, "--evaluate.use_filtered", "false")
-    assert [name for name, status in statuses.items() if status == "ran"] == ["embed", "evaluate"]
+    assert [name for name, status in statuses.items() if status == "ran"] == ["embed", "index", "evaluate"]
     for stage in ("stage1", "stage2"):
         assert set(load_vectors(run_dir / layout.synthetic_vectors(stage))[0]) == raw[stage]
 
@@ -187,7 +187,7 @@ def test_filter_stage2_false_keeps_every_stage_2_output(paper_run, tmp_path) -> 
     source, _, _ = paper_run
     assert (source / layout.STAGE2_FILTER_REPORT).is_file()
     run_dir, statuses = _variant(paper_run, tmp_path, "--generation.filter_stage2", "false")
-    assert [name for name, status in statuses.items() if status == "ran"] == ["filter2", "embed", "evaluate"]
+    assert [name for name, status in statuses.items() if status == "ran"] == ["filter2", "embed", "index", "evaluate"]
     assert _texts(run_dir / layout.STAGE2_KEPT) == _texts(run_dir / layout.STAGE2)
     assert not (run_dir / layout.STAGE2_FILTER_REPORT).exists(), "no report of a filter that did not run"
     assert set(load_vectors(run_dir / layout.synthetic_vectors("stage2"))[0]) == _non_empty(run_dir / layout.STAGE2)

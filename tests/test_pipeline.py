@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -33,7 +34,10 @@ def profile(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     warm_start = {"class_path": "lightning_modules.seq2seq.Seq2SeqModule",
                   "init_args": {"warm_start_encoder": str(tiny_model), "decoder_layers": 1, "max_input_length": 64}}
     config = {**tiny_pipeline_profile(FIXTURE, tiny_model), "model": warm_start}
-    path = tmp_path_factory.mktemp("profiles") / "tiny.yaml"
+    folder = tmp_path_factory.mktemp("profiles")
+    config["callbacks"] = [{"class_path": "loop_recorder.LoopRecorder",  # tests/loop_recorder.py
+                            "init_args": {"path": str(folder / "loops.txt")}}]
+    path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -54,7 +58,8 @@ def test_every_stage_runs_and_writes_its_files(finished_run: tuple[Path, list]) 
     assert all(o.status == "ran" for o in outcomes)
     for path in [layout.KEPT_DOCS, layout.STAGE1, layout.STAGE1_KEPT, layout.TRAIN, layout.VAL, layout.FILTER_REPORT,
                  layout.TUNED_MODEL + "/config.json", layout.STAGE2, layout.STAGE2_KEPT, layout.RESULTS_JSON,
-                 layout.RESULTS_MD, layout.SWEEP_JSON, layout.SWEEP_PLOT, *layout.vector_outputs(True)]:
+                 layout.RESULTS_MD, layout.SWEEP_JSON, layout.SWEEP_PLOT, *layout.vector_outputs(True),
+                 layout.INDEX_MANIFEST, layout.INDEX_DIR + "/vectors.safetensors", layout.INDEX_DIR + "/ids.json"]:
         assert (run_dir / path).is_file(), path
     stage2 = [json.loads(line) for line in (run_dir / layout.STAGE2).read_text().splitlines()]
     docs = (run_dir / layout.KEPT_DOCS).read_text().split()
@@ -79,17 +84,125 @@ def test_results_table_has_every_row(finished_run: tuple[Path, list]) -> None:
     assert all(f"| {system} |" in markdown for system in systems)
 
 
+def test_profile_callbacks_join_every_loop(finished_run: tuple[Path, list], profile: Path) -> None:
+    """``callbacks`` of the profile (tests/loop_recorder.py, by class_path) is called in tuning, in
+    generation (stage 2), in every embedding loop and in the index loop, and saw batches there."""
+    run_dir, _ = finished_run
+    lines = [line.split() for line in (profile.parent / "loops.txt").read_text().splitlines()]
+    seen = {(fn, module, Path(root).resolve()) for fn, module, batches, root in lines if int(batches) > 0}
+    root = run_dir.resolve()
+    assert {("fit", "Seq2SeqModule", root / layout.FIT_DIR), ("predict", "Seq2SeqModule", root),
+            ("predict", "EncoderModule", root), ("predict", "IndexModule", root)} <= seen
+    embeddings = [line for line in lines if line[:2] == ["predict", "EncoderModule"] and Path(line[3]).resolve() == root]
+    assert len(embeddings) >= len(layout.vector_outputs(True)), "one loop per vector file"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--callbacks", '[{"class_path": "torch.nn.Linear"}]'],
+     "field 'callbacks': Import path torch.nn.Linear does not correspond to a subclass of Callback"),
+    (["--callbacks", '[{"class_path": "lightning.pytorch.callbacks.Timer", "init_args": {"durration": null}}]'],
+     "field 'callbacks': Problem with given class_path 'lightning.pytorch.callbacks.Timer': Option 'durration' "
+     "is not accepted"),
+    (["--trainer", '{"callbacks": []}'], "field 'trainer.callbacks': not read by the pipeline's loops"),
+])
+def test_a_wrong_callback_is_refused_before_any_stage(tmp_path: Path, profile: Path, capsys: pytest.CaptureFixture,
+                                                      args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _run(profile, tmp_path / "run", *args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_row_is_exported_as_a_trec_run_that_pytrec_eval_scores_alike(finished_run: tuple[Path, list]) -> None:
+    """runs/<system>.trec for every row; pytrec_eval on the default Rao-Blackwell row's file (the index's row,
+    scored from index/) and every other row's gives the row's nDCG@10, Recall@100 and MRR@100 to 1e-6 (MRR:
+    recip_rank on the run cut at 100)."""
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    from datamodules.beir import load_beir
+    from retrieval.trec import read_trec_run
+
+    run_dir, _ = finished_run
+    rows = {row["system"]: row for row in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    assert sorted(p.name for p in (run_dir / layout.RUNS_DIR).iterdir()) == sorted(f"{name}.trec" for name in rows)
+    qrels = {qid: dict(judged) for qid, judged in load_beir(FIXTURE, "test").qrels.items()}
+    assert [name for name, row in rows.items() if "index" in row] == ["rb-manual-multi-stage2"]
+    for system, row in rows.items():
+        lines = (run_dir / layout.run_file(system)).read_text().splitlines()
+        assert all(line.split()[5] == system for line in lines)
+        run = read_trec_run(run_dir / layout.run_file(system))
+        assert set(run) <= set(qrels) and all(qid not in hits for qid, hits in run.items())
+        scored = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+        cut = {qid: dict(sorted(hits.items(), key=lambda h: (h[1], h[0]), reverse=True)[:100])
+               for qid, hits in run.items()}
+        reciprocal = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(cut)
+        for ours, theirs, values in (("ndcg@10", "ndcg_cut_10", scored), ("recall@100", "recall_100", scored),
+                                     ("mrr@100", "recip_rank", reciprocal)):
+            mean = sum(v[theirs] for v in values.values()) / len(values)
+            assert row[ours] == pytest.approx(mean, abs=1e-6), (system, ours)
+
+
+def test_the_shipped_row_is_a_search_of_the_written_index(finished_run: tuple[Path, list]) -> None:
+    """The default Rao-Blackwell row (rb-manual-multi-stage2) is scored from ``index/``: searching those files with
+    the run's query vectors and scoring with pytrec_eval semantics gives that row's numbers exactly."""
+    import torch
+
+    from datamodules.beir import load_beir
+    from retrieval.index_files import load_index, search_index
+    from retrieval.metrics import evaluate_run
+    from retrieval.search import SearchConfig
+    from retrieval.vectors import load_vectors
+
+    run_dir, _ = finished_run
+    rows = {row["system"]: row for row in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    index = load_index(run_dir / layout.INDEX_DIR)
+    assert index.system == "rb-manual-multi-stage2" and rows[index.system]["index"] == str(index.path)
+    assert index.manifest["synthetic_stages"] == ["stage2"] and index.manifest["level"] == "multi"
+    query_ids, queries = load_vectors(run_dir / layout.QUERIES)
+    run = search_index(index, query_ids, torch.from_numpy(queries), SearchConfig())
+    metrics = evaluate_run(load_beir(FIXTURE).qrels, run, k_values=[1, 10, 100])
+    assert metrics and all(rows[index.system][key] == value for key, value in metrics.items())
+
+
+def test_search_command_scores_the_shipped_row(finished_run: tuple[Path, list], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``train.py search`` over the run's index with the dataset's queries and qrels: its TREC file, scored by
+    pytrec_eval, and its printed metrics give the shipped row's numbers (queries re-embedded: to 1e-6)."""
+    import pytrec_eval
+
+    from datamodules.beir import load_beir
+
+    run_dir, _ = finished_run
+    rows = {row["system"]: row for row in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    row = rows["rb-manual-multi-stage2"]
+    output = tmp_path / "run.trec"
+    train.main(["search", "--index", str(run_dir / layout.INDEX_DIR), "--queries", str(FIXTURE / "queries.jsonl"),
+                "--qrels", str(FIXTURE / "qrels" / "test.tsv"), "--top_k", "100", "--output", str(output)])
+    printed = capsys.readouterr().out
+    assert f"ndcg@10 {row['ndcg@10']:.4f}, mrr@100 {row['mrr@100']:.4f}, recall@100 {row['recall@100']:.4f}" in printed
+    run: dict[str, dict[str, float]] = {}
+    for line in output.read_text().splitlines():
+        qid, _, doc_id, _, score, tag = line.split()
+        assert tag == "rb-manual-multi-stage2"
+        run.setdefault(qid, {})[doc_id] = float(score)
+    qrels = load_beir(FIXTURE).qrels
+    scores = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    assert np.mean([s["ndcg_cut_10"] for s in scores.values()]) == pytest.approx(row["ndcg@10"], abs=1e-6)
+    assert np.mean([s["recall_100"] for s in scores.values()]) == pytest.approx(row["recall@100"], abs=1e-6)
+
+
 def test_second_run_skips_every_stage(finished_run: tuple[Path, list], profile: Path) -> None:
     run_dir, _ = finished_run
     outcomes = _run(profile, run_dir)
     assert [o.status for o in outcomes] == ["skipped"] * len(STAGES)
 
 
-def test_changed_weight_reruns_only_evaluation(finished_run: tuple[Path, list], profile: Path) -> None:
+def test_changed_weight_reruns_only_index_and_evaluation(finished_run: tuple[Path, list], profile: Path) -> None:
     run_dir, _ = finished_run
     before = json.loads((run_dir / layout.RESULTS_JSON).read_text())
     outcomes = _run(profile, run_dir, "--rao_blackwell.doc_weight", "0.3")
-    assert {o.name: o.status for o in outcomes} == {**{name: "skipped" for name in STAGES}, "evaluate": "ran"}
+    assert {o.name: o.status for o in outcomes} == {**{name: "skipped" for name in STAGES}, "index": "ran",
+                                                    "evaluate": "ran"}
     after = json.loads((run_dir / layout.RESULTS_JSON).read_text())
     row = next(r for r in after["rows"] if r["system"] == "rb-manual-doc-stage1")
     assert row["rao_blackwell"]["doc_weight"] == 0.3
@@ -180,7 +293,7 @@ def test_forced_bf16_reruns_the_model_stages_and_records_it(finished_run: tuple[
     outcomes = _run(profile, run_dir, "--trainer.precision", "bf16")
     assert {o.name: o.status for o in outcomes} == {"data": "skipped", "stage1": "skipped", "filter": "skipped",
                                                     "tune": "ran", "stage2": "ran", "filter2": "ran", "embed": "ran",
-                                                    "evaluate": "ran"}
+                                                    "index": "ran", "evaluate": "ran"}
     config = json.loads((run_dir / layout.PIPELINE_CONFIG).read_text())
     assert config["trainer"]["precision"] == "bf16-mixed"
     assert config["precision"] == {"setting": "bf16", "lightning": "bf16-mixed", "device": "cpu",
