@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     run_dir = REPO / args.run_dir
     shutil.rmtree(run_dir, ignore_errors=True)
     command = [sys.executable, "train.py", "pipeline", "-c", PROFILE, "--run_dir", str(args.run_dir)]
+    commit = git_commit()  # before the run: what ran, whatever is edited meanwhile
     print(f"running the demo into {args.run_dir} (progress is not shown; a few minutes) ...", flush=True)
     first = timed_pipeline(command)
     print(f"first call: {first['seconds']} s; the second call (every stage skipped) ...", flush=True)
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       + "\n".join(first.pop("tables")) + "\n")
     second.pop("tables")
     record = {"name": "demo", "command": "python -m benchmarks.record_demo " + " ".join(argv or sys.argv[1:]),
-              "demo_command": shown, "commit": git_commit(), "machine": machine(),
+              "demo_command": shown, "commit": commit, "machine": machine(),
               "first_call": first, "second_call": second,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_json_atomic(output / "record.json", record)
