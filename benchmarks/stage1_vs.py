@@ -1,7 +1,8 @@
 """The stage-1 rows of a run, with per-query values and paired tests, without tuning or stage 2.
 
     python -m benchmarks.stage1_vs --output benchmarks/results/scifact-covered/stage1-vs \\
-        -- -c configs/profiles/scifact-covered.yaml --run_dir runs/scifact-covered-stage1-vs --fit.skip true
+        -- -c configs/profiles/scifact-covered.yaml --run_dir runs/scifact-covered-stage1-vs --fit.skip true \
+        --evaluate.methods '[manual, uniform]'
 
 Why: the recorded SciFact runs predate ``per_query.json`` and ``vs`` (issue 13), and rerunning them whole
 (tuning, stage 2, expansions) does not fit a shared 2-core machine. With a frozen encoder (both recorded
@@ -9,7 +10,8 @@ profiles) the stage-1 rows do not depend on tuning: the base encoder's vectors a
 runs the pipeline's own ``data``, ``stage1`` and ``filter`` stages, embeds documents, sentences, queries and the
 kept stage-1 outputs with the pipeline's ``embed_texts``, and scores them with the pipeline's evaluate code
 (``evaluate.stages: [stage1]``, no expansion rows). Everything after ``--`` is the pipeline's arguments; pass
-``--fit.skip true`` so that ``embed.encoder: tuned`` means the base encoder.
+``--fit.skip true`` so that ``embed.encoder: tuned`` means the base encoder. With one stage-1 output per task
+per document, ``bertscore`` and ``softmax`` rows equal ``manual``'s: leaving them out saves the BERTScore pass.
 """
 
 from __future__ import annotations
