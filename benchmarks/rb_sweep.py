@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from core.io import InputError, write_json_atomic, write_text_atomic
 from datamodules.downsample import read_id_list
+from lightning_modules.precision import resolve_trainer_precision
 from pipeline import layout
 from pipeline.commands import parse_command
 from pipeline.context import PipelineContext
@@ -256,7 +257,8 @@ def load_context(pipeline_args: Sequence[str]) -> PipelineContext:
     for key in ("stages", "force"):
         kwargs.pop(key, None)
     kwargs["run_dir"] = Path(kwargs["run_dir"])
-    kwargs["trainer"] = dict(kwargs.get("trainer") or {})
+    # ``precision: auto`` resolved as the pipeline does (Lightning refuses "auto" when a stage embeds)
+    kwargs["trainer"], kwargs["precision"] = resolve_trainer_precision(dict(kwargs.get("trainer") or {}))
     return PipelineContext(**kwargs)
 
 

@@ -221,3 +221,13 @@ class EncoderModule(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         return {"ids": batch["ids"], "vectors": self.encode_batch(batch["input_ids"], batch["attention_mask"])}
+
+
+def same_vectors(a: EncoderModule, b: EncoderModule) -> bool:
+    """True when ``a`` and ``b`` compute the same vectors: equal encoder weights, pooling, truncation,
+    normalisation and casing (e.g. a frozen encoder saved beside its tuned decoder), so one's vectors serve both."""
+    settings = lambda m: (m.pooling, m.max_length, m.normalize, m.source.do_lower_case)  # noqa: E731
+    if settings(a) != settings(b):
+        return False
+    mine, theirs = a.encoder.state_dict(), b.encoder.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)

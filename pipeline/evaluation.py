@@ -3,7 +3,9 @@
 Rows (names fixed by the results schema): ``bm25``, ``dense``, ``dense-sentence``, ``dense-multi`` (the
 multi level's units with no synthetic outputs: what the multi level gains before any synthetic text),
 ``expansion-dense``/``expansion-bm25`` (stage-2 questions appended; ``-stage1`` for stage 1),
-and ``rb-<method>-<doc|sentence|multi>-<stage1|stage2>``. All read the vectors the embed stage wrote.
+and ``rb-<method>-<doc|sentence|multi>-<stage1|stage2>``. All read the vectors the embed stage wrote. When
+tuning changed the encoder, ``dense-base``/``dense-sentence-base``/``dense-multi-base`` (the out-of-the-box
+model) and every stage-1 row use the base encoder's vectors: before tuning vs after, as the paper compares.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from core.record_key import RecordKey
 from core.registry import Registry
 from lightning_modules.encoder import EncoderModule, weights_signature
 from pipeline import layout
+from pipeline.config import EvaluateConfig
 from pipeline.context import PipelineContext
 from pipeline.run_export import RunExport
 from retrieval.bertscore import bertscore_f1, check_layer
@@ -34,7 +37,7 @@ from retrieval.metrics import evaluate_run
 from retrieval.rao_blackwell import WEIGHTING_METHODS, RaoBlackwellConfig, mix_sentences, rao_blackwell_level
 from retrieval.results import ResultRow, write_results
 from retrieval.search import search
-from retrieval.significance import compare_to_baselines
+from retrieval.significance import BASE_SUFFIX, BASELINES, compare_to_baselines
 from retrieval.synthetic import expansion_texts
 from retrieval.vectors import load_vectors
 
@@ -79,7 +82,7 @@ def bertscore_weights(evaluator: Evaluator, name: str) -> torch.Tensor:
     against its document, with the run's encoder, cached under ``cache/``; a negative F1 counts 0."""
     synthetic = evaluator.synthetic(name)
     references = [evaluator.dataset.doc_text(evaluator.doc_ids[i]) for i in synthetic.doc.tolist()]
-    encoder_name = evaluator.ctx.embedding_encoder
+    encoder_name = evaluator.encoder_name
     layer = evaluator.ctx.rao_blackwell.bertscore_layer
     # the encoder's weights by content: a retuned model in the same folder must not reuse the old weights
     key = stable_hash(["bert_score-0.3.13", layer, encoder_name, weights_signature(encoder_name), synthetic.texts,
@@ -115,19 +118,22 @@ class Evaluator:
     :meth:`score_run`, :meth:`set_queries`; ``keep_docs`` scores on a sub-corpus.
     """
 
-    def __init__(self, ctx: PipelineContext, keep_docs: set[str] | None = None) -> None:
-        """``keep_docs``: score on these documents only (and the queries whose judged documents are all there)."""
+    def __init__(self, ctx: PipelineContext, keep_docs: set[str] | None = None, base: bool = False) -> None:
+        """``keep_docs``: score on these documents only (and the queries whose judged documents are all there);
+        ``base``: read the base encoder's vectors (``vectors/base/``: documents, sentences, queries, stage 1)."""
         self.ctx = ctx
+        self.base = base
+        self.encoder_name = ctx.base_encoder if base else ctx.embedding_encoder
         self.dataset = ctx.dataset
         self.doc_ids = list(self.dataset.doc_ids)
         self.doc_index = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
-        self.query_ids, self.queries = _tensor(ctx.run_dir / layout.QUERIES)
-        ids, self.documents = _tensor(ctx.run_dir / layout.DOCUMENTS)
+        self.query_ids, self.queries = _tensor(self.file(layout.QUERIES))
+        ids, self.documents = _tensor(self.file(layout.DOCUMENTS))
         if ids != self.doc_ids:
             raise RuntimeError(f"{layout.DOCUMENTS} does not hold this corpus's documents in order: rerun `embed`")
         self.sentences: Units | None = None
         if ctx.embed.sentences:
-            unit_ids, vectors = _tensor(ctx.run_dir / layout.SENTENCES)
+            unit_ids, vectors = _tensor(self.file(layout.SENTENCES))
             owner = torch.tensor([self.doc_index[RecordKey.decode(unit).doc_id] for unit in unit_ids], dtype=torch.long)
             self.sentences = Units(vectors, owner)
         self.keep_mask: torch.Tensor | None = None
@@ -136,6 +142,10 @@ class Evaluator:
             qrels = {qid: docs for qid, docs in self.dataset.qrels.items() if all(d in keep_docs for d in docs)}
             self.dataset = dataclasses.replace(self.dataset, qrels=qrels)
         self._synthetic: dict[str, Synthetic] = {}
+
+    def file(self, path: str) -> Path:
+        """A vector file of the run, the base encoder's copy for a ``base`` evaluator."""
+        return self.ctx.run_dir / (layout.base_vectors(path) if self.base else path)
 
     def set_queries(self, query_ids: list[str], vectors: torch.Tensor) -> None:
         """Score other queries (e.g. another split's, embedded with the run's encoder) against the same vectors."""
@@ -174,7 +184,7 @@ class Evaluator:
     def synthetic(self, name: str) -> Synthetic:
         """A pipeline stage's embedded outputs (``stage1``/``stage2``), or a set added under ``name``."""
         if name not in self._synthetic:
-            keys, vectors = _tensor(self.ctx.run_dir / layout.synthetic_vectors(name))
+            keys, vectors = _tensor(self.file(layout.synthetic_vectors(name)))
             texts = {r.key.encode(): r.text for r in self.ctx.synthetic_records(name)}
             parsed = [RecordKey.decode(key) for key in keys]
             self._synthetic[name] = Synthetic(
@@ -273,8 +283,14 @@ def available_stages(ctx: PipelineContext) -> list[str]:
     return [stage for stage in ctx.evaluate.stages if (ctx.run_dir / layout.synthetic_vectors(stage)).is_file()]
 
 
-def table_rows(ctx: PipelineContext, evaluator: Evaluator, export: RunExport | None = None) -> list[ResultRow]:
-    """Every system of the results table, in a fixed order; ``export`` writes each row's run."""
+def table_rows(ctx: PipelineContext, evaluator: Evaluator, before: Evaluator | None = None,
+               export: RunExport | None = None) -> list[ResultRow]:
+    """Every system of the results table, in a fixed order; ``export`` writes each row's run.
+
+    ``before``: the base encoder's vectors, when tuning changed the encoder (the paper's comparison): it scores
+    the ``*-base`` corpus-only rows (the out-of-the-box model) and every stage-1 row (before tuning); the
+    other rows use the tuned encoder (``evaluator``).
+    """
     cfg, dataset = ctx.evaluate, ctx.dataset
     stages = available_stages(ctx)
     final = stages[-1] if stages else None
@@ -287,35 +303,38 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator, export: RunExport | N
 
     if "bm25" in cfg.baselines:
         rows.append(_row("bm25", lambda: bm25_search(docs, queries, cfg.bm25, progress=False)))
-    if "dense" in cfg.baselines:
-        rows.append(_row("dense", lambda: evaluator.run_units(evaluator.corpus_only_units("doc")),
-                         {"encoder": ctx.embedding_encoder}))
-    if "dense-sentence" in cfg.baselines and evaluator.sentences is not None:
-        rows.append(_row("dense-sentence", lambda: evaluator.run_units(evaluator.corpus_only_units("sentence"))))
-    if "dense-multi" in cfg.baselines and evaluator.sentences is not None:
-        rows.append(_row("dense-multi", lambda: evaluator.run_units(evaluator.corpus_only_units("multi")),
-                         {"multi_sentence_weight": cfg.multi_sentence_weight}))
+    for suffix, scorer in (("", evaluator), *(((BASE_SUFFIX, before),) if before is not None else ())):
+        rows += _corpus_only_rows(cfg, scorer, suffix, _row)
+    for row in rows:
+        if row.system == "dense":
+            row.extra["before_tuning"] = _before_tuning(ctx, before)
+
+    def scorer_of(stage: str) -> Evaluator:
+        return before if before is not None and stage == "stage1" else evaluator
+
     if "expansion" in cfg.baselines:
         for stage in stages:
-            suffix = "" if stage == final else f"-{stage}"
-            _, expanded = _tensor(ctx.run_dir / layout.expansion_vectors(stage))
+            suffix, scorer = "" if stage == final else f"-{stage}", scorer_of(stage)
+            _, expanded = _tensor(scorer.file(layout.expansion_vectors(stage)))
             texts = expansion_texts(ctx.documents(), ctx.synthetic_records(stage))
-            rows.append(_row(f"expansion-dense{suffix}", lambda v=expanded: evaluator.run_units(Units(v, None))))
+            rows.append(_row(f"expansion-dense{suffix}", lambda v=expanded, e=scorer: e.run_units(Units(v, None)),
+                             {"encoder": scorer.encoder_name}))
             rows.append(_row(f"expansion-bm25{suffix}",
                              lambda t=texts: bm25_search(t, queries, cfg.bm25, progress=False)))
     for stage in stages:
+        scorer = scorer_of(stage)
         for method in cfg.methods:
             config = dataclasses.replace(ctx.rao_blackwell, method=method)
             for level in cfg.levels:
-                if level in ("sentence", "multi") and evaluator.sentences is None:
+                if level in ("sentence", "multi") and scorer.sentences is None:
                     continue
-                if f"rb-{method}-{level}-{stage}" == ctx.index_system and evaluator.keep_mask is None:
+                if (f"rb-{method}-{level}-{stage}" == ctx.index_system and evaluator.keep_mask is None
+                        and scorer is evaluator):
                     rows.append(_shipped_row(ctx, evaluator, export))  # what is evaluated is what is shipped
                     continue
                 rows.append(_row(f"rb-{method}-{level}-{stage}",
-                                 lambda lv=level, st=stage, c=config: evaluator.run_units(
-                                     evaluator.rao_blackwell(lv, st, c)),
-                                 {"rao_blackwell": dataclasses.asdict(config)}))
+                                 lambda lv=level, st=stage, c=config, e=scorer: e.run_units(e.rao_blackwell(lv, st, c)),
+                                 {"rao_blackwell": dataclasses.asdict(config), "encoder": scorer.encoder_name}))
     return rows
 
 
@@ -329,7 +348,47 @@ def _shipped_row(ctx: PipelineContext, evaluator: Evaluator, export: RunExport |
                            f"this evaluation's row {ctx.index_system}: rerun the index stage (`train.py index`)")
     return _scored_row(evaluator, ctx.index_system,
                        lambda: search_index(index, evaluator.query_ids, evaluator.queries, ctx.evaluate.search),
-                       {"rao_blackwell": dataclasses.asdict(ctx.rao_blackwell), "index": str(index.path)}, export)
+                       {"rao_blackwell": dataclasses.asdict(ctx.rao_blackwell), "index": str(index.path),
+                        "encoder": evaluator.encoder_name}, export)
+
+
+def _corpus_only_rows(cfg: EvaluateConfig, scorer: Evaluator, suffix: str,
+                      row: Callable[..., ResultRow]) -> list[ResultRow]:
+    """``dense``, ``dense-sentence``, ``dense-multi`` (as configured) from ``scorer``'s vectors, names + ``suffix``."""
+    levels = [("dense", "doc", {})]
+    if scorer.sentences is not None:
+        levels += [("dense-sentence", "sentence", {}),
+                   ("dense-multi", "multi", {"multi_sentence_weight": cfg.multi_sentence_weight})]
+    return [row(name + suffix, lambda lv=level: scorer.run_units(scorer.corpus_only_units(lv)),
+                {"encoder": scorer.encoder_name, **extra})
+            for name, level, extra in levels if name in cfg.baselines]
+
+
+def _before_tuning(ctx: PipelineContext, before: Evaluator | None) -> str:
+    """Which encoder the before-tuning (stage-1) rows use, in words for ``results.md``."""
+    if before is not None:
+        return ("tuning changed the encoder: the `*-base` rows and every `*-stage1` row use the base model's encoder "
+                "(before tuning; their markers compare with the `*-base` rows), the other rows the tuned one; each "
+                "`*-stage2` row's `vs` in results.json also holds its comparison with the `*-base` rows")
+    if ctx.embed.encoder not in ("tuned", "base"):
+        return f"every row uses the separate encoder `{ctx.embed.encoder}` (embed.encoder)"
+    if ctx.embed.encoder == "base" or ctx.fit.skip:
+        return "every row uses the base model's encoder (" + ("fit.skip" if ctx.fit.skip else "embed.encoder: base") + ")"
+    return ("the tuned model's encoder has the base model's weights (frozen): before- and after-tuning rows share "
+            "its vectors")
+
+
+def paired_tests(per_query: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every rb-*/expansion-* row against the corpus-only rows of its own encoder; with ``*-base`` rows, the
+    stage-1 rows against those (same encoder, before tuning) and the others against both (after tuning vs the
+    out-of-the-box model: the paper's comparison)."""
+    vs = compare_to_baselines(per_query)
+    base_rows = tuple(name + BASE_SUFFIX for name in BASELINES if name + BASE_SUFFIX in per_query)
+    if base_rows:
+        against_base = compare_to_baselines(per_query, systems=list(vs), baselines=base_rows)
+        for system in vs:
+            vs[system] = against_base[system] if system.endswith("-stage1") else {**vs[system], **against_base[system]}
+    return vs
 
 
 CORPUS_ONLY_ROW = {"doc": "dense", "sentence": "dense-sentence", "multi": "dense-multi"}
@@ -396,12 +455,13 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
 def evaluate_run_dir(ctx: PipelineContext) -> list[ResultRow]:
     """Write ``results.json``/``results.md``, ``sweep.json`` and the sweep plot; log the table."""
     evaluator = Evaluator(ctx)
+    has_base = (ctx.run_dir / layout.base_vectors(layout.DOCUMENTS)).is_file()  # the embed stage's decision
     depth = ctx.evaluate.run_depth
     export = None if depth is None else RunExport(ctx.run_dir, depth, ctx.evaluate.search.ignore_identical_ids)
-    rows = table_rows(ctx, evaluator, export)
+    rows = table_rows(ctx, evaluator, Evaluator(ctx, base=True) if has_base else None, export)
     if export is not None:
         log.info("TREC runs of every row (depth %d): %s", depth, export.finish())
-    vs = compare_to_baselines({row.system: row.per_query for row in rows if row.per_query})
+    vs = paired_tests({row.system: row.per_query for row in rows if row.per_query})
     for row in rows:  # each rb-*/expansion-* row against dense, dense-sentence and dense-multi, query by query
         if row.system in vs:
             row.extra["vs"] = {base: comparison.to_json() for base, comparison in vs[row.system].items()}

@@ -50,6 +50,15 @@ def run_file(system: str) -> str:
     return f"{RUNS_DIR}/{system}.trec"
 
 
+BASE_VECTORS_DIR = "vectors/base"
+
+
+def base_vectors(path: str) -> str:
+    """The base model's copy of a vector file (``vectors/x`` -> ``vectors/base/x``): written only when tuning
+    changed the encoder, for the before-tuning rows (``*-base`` and every stage-1 row)."""
+    return path.replace(f"{VECTORS_DIR}/", f"{BASE_VECTORS_DIR}/", 1)
+
+
 def vector_outputs(sentences: bool) -> list[str]:
     outputs = [DOCUMENTS, QUERIES, synthetic_vectors("stage1"), synthetic_vectors("stage2"),
                expansion_vectors("stage1"), expansion_vectors("stage2")]

@@ -14,7 +14,7 @@ from pathlib import Path
 from core.fingerprint import file_signature, plain, stable_hash
 from core.io import file_sha256, write_json_atomic, write_text_atomic
 from datamodules.downsample import DataConfig, load_dataset_from_config
-from lightning_modules.encoder import EncoderModule
+from lightning_modules.encoder import EncoderModule, same_vectors
 from lightning_modules.precision import precision_identity
 from pipeline import layout
 from pipeline.context import PipelineContext
@@ -117,11 +117,13 @@ def sentence_items(ctx: PipelineContext) -> list[tuple[str, str]]:
 
 
 def run_embed(ctx: PipelineContext) -> None:
-    """Embed documents, sentences, queries, synthetic texts and expanded documents with one encoder."""
+    """Embed documents, sentences, queries, synthetic texts and expanded documents with one encoder; when tuning
+    changed the encoder, also the before-tuning inputs (documents, sentences, queries, stage 1) with the base one."""
     encoder = EncoderModule(ctx.embedding_encoder)
     dataset, run_dir = ctx.dataset, ctx.run_dir
     settings = {"batch_size": ctx.embed.batch_size, "trainer_kwargs": ctx.trainer_kwargs(), "dtype": ctx.embed.dtype,
                 "return_vectors": False}  # evaluation maps the files; holding every matrix here would only cost memory
+    base = _changed_base_encoder(ctx, encoder)
     jobs: list[tuple[str, list[tuple[str, str]]]] = [
         (layout.DOCUMENTS, ctx.documents()),
         (layout.QUERIES, list(dataset.queries.items())),
@@ -135,6 +137,28 @@ def run_embed(ctx: PipelineContext) -> None:
     for path, items in jobs:
         log.info("embedding %d texts into %s", len(items), path)
         embed_texts(items, encoder, run_dir / path, **settings)
+    if base is None:  # a folder left by another configuration would be read as this one's before-tuning vectors
+        shutil.rmtree(run_dir / layout.BASE_VECTORS_DIR, ignore_errors=True)
+    else:
+        before = {layout.DOCUMENTS, layout.QUERIES, layout.SENTENCES, layout.synthetic_vectors("stage1"),
+                  layout.expansion_vectors("stage1")}
+        for path, items in jobs:
+            if path in before:
+                log.info("embedding %d texts into %s with the base encoder", len(items), layout.base_vectors(path))
+                embed_texts(items, base, run_dir / layout.base_vectors(path), **settings)
+
+
+def _changed_base_encoder(ctx: PipelineContext, tuned: EncoderModule) -> EncoderModule | None:
+    """The base model's encoder when the before-tuning rows need its own vectors: ``embed.encoder: tuned``, a
+    tuning ran, and it changed the encoder. A frozen encoder computes the same vectors: reused, and logged."""
+    if ctx.embed.encoder != "tuned" or ctx.fit.skip or ctx.base_encoder is None:
+        return None
+    base = EncoderModule(ctx.base_encoder)
+    if same_vectors(base, tuned):
+        log.info("the tuned model's encoder has the base model's weights (frozen): the before-tuning rows reuse "
+                 "its vectors")
+        return None
+    return base
 
 
 def run_evaluate(ctx: PipelineContext) -> None:

@@ -124,7 +124,8 @@ def _notes(rows: Sequence[ResultRow]) -> list[str]:
                  "Rao-Blackwellisation; the `multi` level (`rb-*-multi-*`, `dense-multi`) and `expansion-*` are this "
                  "project's extension and baselines; `docs/method.md` says which weighting methods and settings "
                  "depart from the paper.")
-    return [significance_note([row.extra["vs"] for row in rows if "vs" in row.extra]), kinds]
+    encoders = next((f"Encoders: {row.extra['before_tuning']}." for row in rows if "before_tuning" in row.extra), "")
+    return [significance_note([row.extra["vs"] for row in rows if "vs" in row.extra]), kinds, encoders]
 
 
 def _per_query_payload(dataset: str, split: str, rows: Sequence[ResultRow],

@@ -31,6 +31,8 @@ DEFAULT_SEED = 0
 #: rows compared against each corpus-only baseline (``vs``), and those baselines
 COMPARED_PREFIXES = ("rb-", "expansion-")
 BASELINES = ("dense", "dense-sentence", "dense-multi")
+BASE_SUFFIX = "-base"
+"""A corpus-only row embedded with the base model's encoder (before tuning) is named baseline + this suffix."""
 #: the markdown table's markers use the randomisation test's p at this level
 ALPHA = 0.05
 _CHUNK_ENTRIES = 1 << 22  # sign matrix entries per block: bounds memory whatever the number of queries
@@ -135,10 +137,11 @@ def compare_to_baselines(per_query: Mapping[str, Mapping[str, Mapping[str, float
 
 def significance_marker(vs: Mapping[str, Mapping[str, object]]) -> str:
     """One symbol per baseline of :data:`BASELINES` for a row's ``vs``: ▲ higher with p_rand < ALPHA,
-    ▼ lower with p_rand < ALPHA, · not significant, – no such baseline in the table."""
+    ▼ lower with p_rand < ALPHA, · not significant, – no such baseline in the table. A row compared with the
+    base encoder's rows only (before tuning) shows those."""
     symbols = []
     for base in BASELINES:
-        entry = vs.get(base)
+        entry = vs.get(base, vs.get(base + BASE_SUFFIX))
         if entry is None:
             symbols.append("–")
         elif float(entry["p_rand"]) < ALPHA:

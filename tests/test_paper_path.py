@@ -218,10 +218,11 @@ def test_bertscore_layer_reruns_only_evaluate_and_is_checked(paper_run, tmp_path
         _run(profile_path, run_dir, "--rao_blackwell.bertscore_layer", "3")
 
 
-def _hand_made_dense_run(run_dir: Path) -> dict[str, dict[str, float]]:
-    """Cosine of every query with every document from the stored vectors, by numpy alone."""
-    doc_ids, docs = load_vectors(run_dir / layout.DOCUMENTS)
-    query_ids, queries = load_vectors(run_dir / layout.QUERIES)
+def _hand_made_dense_run(run_dir: Path, where=lambda path: path) -> dict[str, dict[str, float]]:
+    """Cosine of every query with every document from the stored vectors (``where`` maps the layout path),
+    by numpy alone."""
+    doc_ids, docs = load_vectors(run_dir / where(layout.DOCUMENTS))
+    query_ids, queries = load_vectors(run_dir / where(layout.QUERIES))
     scores = np.asarray(queries, dtype=np.float64) @ np.asarray(docs, dtype=np.float64).T
     return {qid: {doc: float(score) for doc, score in zip(doc_ids, row)} for qid, row in zip(query_ids, scores)}
 
@@ -250,7 +251,10 @@ def test_every_rb_and_expansion_row_carries_its_paired_tests(paper_run) -> None:
     per_query = read_per_query(run_dir / PER_QUERY_JSON)
     assert set(per_query) == set(rows), "every row keeps its per-query values"
     compared = [name for name in rows if name.startswith(("rb-", "expansion-"))]
-    assert compared and all(set(rows[name]["vs"]) == {"dense", "dense-sentence", "dense-multi"} for name in compared)
+    tuned, base = {"dense", "dense-sentence", "dense-multi"}, {"dense-base", "dense-sentence-base", "dense-multi-base"}
+    # tuning moved the encoder: before-tuning rows against the base encoder's rows, after-tuning rows against both
+    assert compared and all(set(rows[name]["vs"]) == (base if name.endswith("-stage1") else tuned | base)
+                            for name in compared)
     assert not any("vs" in row for name, row in rows.items() if name not in compared)
     for name in compared:
         for base, entry in rows[name]["vs"].items():
@@ -265,3 +269,41 @@ def test_every_rb_and_expansion_row_carries_its_paired_tests(paper_run) -> None:
     markdown = (run_dir / layout.RESULTS_MD).read_text()
     assert "| vs dense / dense-sentence / dense-multi |" in markdown.splitlines()[2]
     assert "paired randomisation test" in markdown and "the paper's two levels" in markdown
+
+
+def test_before_tuning_rows_use_the_base_encoder_and_after_tuning_rows_the_tuned_one(paper_run, dataset, profile,
+                                                                                      tmp_path) -> None:
+    """The paper's main comparison: the out-of-the-box model (base encoder, stage-1 outputs) against the tuned
+    model (tuned encoder, stage-2 outputs), at document and sentence level."""
+    run_dir, _, _ = paper_run
+    base_model = profile["model"]["init_args"]["model_name_or_path"]
+    _, stored = load_vectors(run_dir / layout.base_vectors(layout.DOCUMENTS))
+    np.testing.assert_allclose(np.asarray(stored), _embed_documents(dataset, Path(base_model), tmp_path / "b.st"),
+                               atol=1e-5)
+    for path in (layout.QUERIES, layout.SENTENCES, layout.synthetic_vectors("stage1"), layout.expansion_vectors("stage1")):
+        assert (run_dir / layout.base_vectors(path)).is_file(), path
+    assert not (run_dir / layout.base_vectors(layout.synthetic_vectors("stage2"))).exists()
+    rows = {row["system"]: row for row in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    for level in ("doc", "sentence"):
+        assert rows[f"rb-manual-{level}-stage1"]["encoder"] == base_model
+        assert rows[f"rb-manual-{level}-stage2"]["encoder"] == str(run_dir / layout.TUNED_MODEL)
+    assert rows["dense-base"]["encoder"] == base_model and rows["dense"]["encoder"] == str(run_dir / layout.TUNED_MODEL)
+    qrels = {qid: dict(judged) for qid, judged in dataset.qrels.items()}
+    for system, where in (("dense-base", layout.base_vectors), ("dense", lambda path: path)):
+        reference = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(_hand_made_dense_run(run_dir, where))
+        expected = np.mean([values["ndcg_cut_10"] for values in reference.values()])
+        assert rows[system]["ndcg@10"] == pytest.approx(expected, abs=1e-6), system
+    assert rows["dense-base"]["ndcg@10"] != rows["dense"]["ndcg@10"] or rows["dense-base"]["mrr@100"] != \
+        rows["dense"]["mrr@100"], "the two encoders rank differently (else this test could not tell them apart)"
+    assert "base model's encoder (before tuning" in (run_dir / layout.RESULTS_MD).read_text()
+
+
+def test_a_frozen_encoder_reuses_its_vectors_for_the_before_tuning_rows(paper_run, tmp_path) -> None:
+    run_dir, statuses = _variant(paper_run, tmp_path, "--model.init_args.freeze_encoder", "true")
+    assert statuses["tune"] == "ran" and statuses["embed"] == "ran"
+    assert not (run_dir / layout.BASE_VECTORS_DIR).exists(), "the first run's base vectors are removed, none made"
+    rows = {row["system"]: row for row in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    assert not [name for name in rows if name.endswith("-base")]
+    assert rows["rb-manual-doc-stage1"]["encoder"] == str(run_dir / layout.TUNED_MODEL)
+    assert set(rows["rb-manual-doc-stage1"]["vs"]) == {"dense", "dense-sentence", "dense-multi"}
+    assert "has the base model's weights (frozen)" in (run_dir / layout.RESULTS_MD).read_text()

@@ -76,6 +76,7 @@ def test_results_table_has_every_row(finished_run: tuple[Path, list]) -> None:
     expected += [f"rb-{m}-{level}-{s}" for s in ("stage1", "stage2") for m in ("manual", "uniform", "bertscore",
                                                                            "softmax")
                  for level in ("doc", "sentence", "multi")]
+    expected += ["dense-base", "dense-sentence-base", "dense-multi-base"]  # tuning moved the encoder: before-tuning rows
     assert sorted(systems) == sorted(expected)
     assert results["dataset"] == "tiny_beir" and results["split"] == "test"
     for row in results["rows"]:

@@ -18,8 +18,10 @@ from benchmarks import rb_sweep
 from helpers import make_tiny_bert2bert, one_thread, tiny_pipeline_profile  # noqa: F401  (fixture)
 from pipeline import layout
 from pipeline.evaluation import Evaluator
+from retrieval.rao_blackwell import RaoBlackwellConfig
 
 FIXTURE = Path(__file__).parent / "data" / "tiny_beir"
+DEFAULT_W = RaoBlackwellConfig().doc_weight  # the table's rows use the code default
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
@@ -61,7 +63,7 @@ def test_grid_expands_and_drops_duplicates() -> None:
 def test_sweep_reproduces_pipeline_rows_and_sources_differ(finished_run: list[str], tmp_path: Path) -> None:
     grid = {"blocks": [
         {"name": "pipeline", "level": ["doc", "sentence", "multi"], "source": [{"stages": ["stage2"]}],
-         "rao_blackwell": {"method": ["manual", "bertscore"], "doc_weight": [0.75]}},
+         "rao_blackwell": {"method": ["manual", "bertscore"], "doc_weight": [DEFAULT_W]}},
         {"name": "sources", "level": ["doc"], "source": [
             {"stages": ["stage2"], "samples": [0]}, {"stages": ["stage1"], "filtered": False},
             {"stages": ["stage1"], "roundtrip_k": 1}, {"stages": ["stage1", "stage2"]}],
@@ -77,7 +79,7 @@ def test_sweep_reproduces_pipeline_rows_and_sources_differ(finished_run: list[st
     rows = _rows(study)
     for level in ("doc", "sentence", "multi"):
         for method in ("manual", "bertscore"):
-            swept = rows[f"stage2/{level}/{method}/0.75/1.0"]["metrics"]["test"]["ndcg@10"]
+            swept = rows[f"stage2/{level}/{method}/{DEFAULT_W}/1.0"]["metrics"]["test"]["ndcg@10"]
             assert swept == pytest.approx(pipeline_rows[f"rb-{method}-{level}-stage2"]["ndcg@10"], abs=1e-5)
     assert study["baselines"]["test"]["dense"]["ndcg@10"] == pytest.approx(pipeline_rows["dense"]["ndcg@10"], abs=1e-5)
     assert rows["stage2/doc/manual/1.0/1.0"]["metrics"]["test"] == study["baselines"]["test"]["dense"]
