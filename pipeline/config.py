@@ -20,6 +20,7 @@ from retrieval.extractive import ExtractiveConfig
 from retrieval.metrics import DEFAULT_K
 from retrieval.rao_blackwell import WEIGHTING_METHODS
 from retrieval.search import SearchConfig
+from retrieval.sentences import UnitConfig
 from retrieval.synthetic import UnknownDocPolicy
 
 STAGES = ("data", "stage1", "filter", "tune", "stage2", "filter2", "embed", "evaluate")
@@ -101,12 +102,15 @@ class EmbedConfig:
         batch_size: texts per batch per device.
         dtype: precision of the vector files on disk (search always computes in float32).
         sentences: also embed sentence units (title + sentence) for sentence-level vectors.
+        units: how documents are cut into those units (sentences, or word windows where the corpus's text
+            defeats the sentence splitter; ``auto`` chooses per corpus and reports it).
     """
 
     encoder: str = "tuned"
     batch_size: int = 64
     dtype: Literal["float32", "float16"] = "float32"
     sentences: bool = True
+    units: UnitConfig = field(default_factory=UnitConfig)
 
 
 @dataclass

@@ -23,6 +23,7 @@ VECTORS_DIR = "vectors"
 DOCUMENTS = "vectors/documents.safetensors"
 SENTENCES = "vectors/sentences.safetensors"
 QUERIES = "vectors/queries.safetensors"
+SENTENCE_UNITS = "vectors/sentence_units.json"  # the splitter chosen for the corpus and units per document
 SWEEP_JSON = "sweep.json"
 SWEEP_PLOT = "plots/weight_sweep.png"
 TIMINGS = "timings.json"

@@ -25,7 +25,7 @@ from pipeline.fit import fit_selfinstruct
 from pipeline.runner import Stage
 from pipeline.sources import STAGE1_SOURCES, generate
 from retrieval.filter import filter_records
-from retrieval.sentences import sentence_units
+from retrieval.sentences import plan_units
 from retrieval.synthetic import expansion_texts, read_synthetic, write_synthetic
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,13 @@ def run_filter2(ctx: PipelineContext) -> None:
 
 
 def sentence_items(ctx: PipelineContext) -> list[tuple[str, str]]:
+    """The sentence units of the corpus; the splitter chosen and the units per document go to
+    ``layout.SENTENCE_UNITS`` (the evaluate stage copies them into ``results.json``)."""
     corpus = ctx.dataset.corpus
-    return [unit for doc_id in ctx.dataset.doc_ids
-            for unit in sentence_units(doc_id, corpus[doc_id].title, corpus[doc_id].text)]
+    items, report = plan_units(((doc_id, corpus[doc_id].title, corpus[doc_id].text) for doc_id in ctx.dataset.doc_ids),
+                               ctx.embed.units)
+    write_json_atomic(ctx.run_dir / layout.SENTENCE_UNITS, report)
+    return items
 
 
 def run_embed(ctx: PipelineContext) -> None:
