@@ -134,6 +134,10 @@ class EvaluateConfig:
         sweep_level: level of the sweep.
         sweep_stage: whose synthetic outputs the sweep uses; null: the last stage available (stage 2 after
             tuning). ``stage1`` when the tuned model is too weak for its outputs to pass the filter.
+        coverage_fallback: a document without kept outputs in a row's stage takes those of the first of these
+            that has some: ``stage1`` (the earlier stage), ``extractive`` (its own title question and TF-IDF
+            keyphrases, embedded by the embed stage), so covered and uncovered documents compete on equal
+            terms (``pipeline.coverage``); empty: none.
         k_values: cut-offs of the metrics.
         search: how vectors are searched.
         bm25: BM25 settings.
@@ -150,6 +154,7 @@ class EvaluateConfig:
     sweep_doc_weights: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     sweep_level: Literal["doc", "sentence", "multi"] = "sentence"
     sweep_stage: Literal["stage1", "stage2"] | None = None
+    coverage_fallback: list[Literal["stage1", "extractive"]] = field(default_factory=list)
     k_values: list[int] = field(default_factory=lambda: list(DEFAULT_K))
     search: SearchConfig = field(default_factory=SearchConfig)
     bm25: BM25Config = field(default_factory=BM25Config)

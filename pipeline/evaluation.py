@@ -26,6 +26,7 @@ from core.registry import Registry
 from lightning_modules.encoder import EncoderModule
 from pipeline import layout
 from pipeline.context import PipelineContext
+from pipeline.coverage import corpus_diagnostics, top10_diagnostic, with_fallback
 from retrieval.bertscore import bertscore_f1, check_layer
 from retrieval.bm25 import bm25_search
 from retrieval.metrics import evaluate_run
@@ -132,6 +133,7 @@ class Evaluator:
             qrels = {qid: docs for qid, docs in self.dataset.qrels.items() if all(d in keep_docs for d in docs)}
             self.dataset = dataclasses.replace(self.dataset, qrels=qrels)
         self._synthetic: dict[str, Synthetic] = {}
+        self.last_run: dict[str, dict[str, float]] = {}
 
     def set_queries(self, query_ids: list[str], vectors: torch.Tensor) -> None:
         """Score other queries (e.g. another split's, embedded with the run's encoder) against the same vectors."""
@@ -153,6 +155,7 @@ class Evaluator:
             vectors = vectors[kept_units]
             unit_to_doc = None if unit_to_doc is None else new_index[owner[kept_units]]
         run = search(self.query_ids, self.queries, doc_ids, vectors, self.ctx.evaluate.search, unit_to_doc=unit_to_doc)
+        self.last_run = run  # the ranking behind the scores (pipeline.coverage reads its top 10)
         return self.score_run(run)
 
     def units(self, level: str) -> Units:
@@ -293,8 +296,9 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator) -> list[ResultRow]:
                     continue
                 rows.append(_row(f"rb-{method}-{level}-{stage}",
                                  lambda lv=level, st=stage, c=config: evaluator.score_units(
-                                     evaluator.rao_blackwell(lv, st, c)),
+                                     evaluator.rao_blackwell(lv, with_fallback(evaluator, st, cfg.coverage_fallback), c)),
                                  {"rao_blackwell": dataclasses.asdict(config)}))
+                rows[-1].extra.update(top10_diagnostic(evaluator, stage, evaluator.last_run))
     return rows
 
 
@@ -368,7 +372,8 @@ def evaluate_run_dir(ctx: PipelineContext) -> list[ResultRow]:
         if row.system in vs:
             row.extra["vs"] = {base: comparison.to_json() for base, comparison in vs[row.system].items()}
     name = Path(ctx.data.path).name
-    write_results(ctx.run_dir, name, ctx.data.split, rows, columns=ctx.evaluate.columns)
+    write_results(ctx.run_dir, name, ctx.data.split, rows, columns=ctx.evaluate.columns,
+                  diagnostics=corpus_diagnostics(ctx, evaluator))
     sweep = weight_sweep(ctx, evaluator, rows)
     if sweep:
         write_json_atomic(ctx.run_dir / layout.SWEEP_JSON, sweep)

@@ -12,6 +12,7 @@ STAGE1 = "synthetic/stage1.jsonl"
 STAGE1_KEPT = "synthetic/stage1.kept.jsonl"
 STAGE2 = "synthetic/stage2.jsonl"
 STAGE2_KEPT = "synthetic/stage2.kept.jsonl"
+EXTRACTIVE = "synthetic/extractive.jsonl"  # coverage fallback: each document's own title question and keyphrases
 STAGE2_FILTER_REPORT = "synthetic/stage2.filter_report.json"
 SELFINSTRUCT_DIR = "selfinstruct"
 TRAIN = "selfinstruct/train.jsonl"  # written by the tune stage's DataModule, for inspection

@@ -24,6 +24,7 @@ from pipeline.filter_stage import encoder_embedder, run_filter
 from pipeline.fit import fit_selfinstruct
 from pipeline.runner import Stage
 from pipeline.sources import STAGE1_SOURCES, generate
+from retrieval.extractive import extractive_records
 from retrieval.filter import filter_records
 from retrieval.sentences import plan_units
 from retrieval.synthetic import expansion_texts, read_synthetic, write_synthetic
@@ -133,6 +134,10 @@ def run_embed(ctx: PipelineContext) -> None:
         records = ctx.synthetic_records(stage)
         jobs.append((layout.synthetic_vectors(stage), [(r.key.encode(), r.text) for r in records]))
         jobs.append((layout.expansion_vectors(stage), expansion_texts(ctx.documents(), records)))
+    if "extractive" in ctx.evaluate.coverage_fallback:  # every document's own fallback outputs
+        records = extractive_records(dataset, ctx.stage1.extractive)
+        write_synthetic(run_dir / layout.EXTRACTIVE, records)
+        jobs.append((layout.synthetic_vectors("extractive"), [(r.key.encode(), r.text) for r in records]))
     for path, items in jobs:
         log.info("embedding %d texts into %s", len(items), path)
         embed_texts(items, encoder, run_dir / path, **settings)
@@ -177,7 +182,9 @@ def build_stages(ctx: PipelineContext) -> list[Stage]:
         Stage("filter2", lambda: run_filter2(ctx),
               lambda: {"filter": plain(ctx.filter) if ctx.generation.filter_stage2 else None,
                        "encoder": ctx.base_encoder}, lambda: [layout.STAGE2_KEPT], lambda: ["stage2"]),
-        Stage("embed", lambda: run_embed(ctx), lambda: {"embed": embed, "evaluate_filtered": ctx.evaluate.use_filtered},
+        Stage("embed", lambda: run_embed(ctx), lambda: {"embed": embed, "evaluate_filtered": ctx.evaluate.use_filtered,
+                                                  **({"fallback": ctx.evaluate.coverage_fallback}
+                                                     if ctx.evaluate.coverage_fallback else {})},
               lambda: layout.vector_outputs(ctx.embed.sentences), lambda: embed_deps, collective=True),
         Stage("evaluate", lambda: run_evaluate(ctx),
               lambda: {"evaluate": plain(ctx.evaluate), "rao_blackwell": plain(ctx.rao_blackwell)},

@@ -1,0 +1,201 @@
+"""Robustness study (issue 15): the default rows on three differently shaped SciFact corpora.
+
+    nice -n 19 python -m benchmarks.robustness --work runs/robustness --output benchmarks/results/robustness
+
+Corpora (each the 1,183-document SciFact covered subset: all 283 documents judged by the test split plus 900
+others, ``../shared/data/scifact/synthetic/covered-doc-ids.txt``; its 300 test queries and the train queries
+whose judged documents are all in it):
+
+* ``original``: as it is; stage-1 outputs are the Qwen2.5-Coder-0.5B-Instruct questions and keywords.
+* ``lower``: corpus, queries and outputs lower-cased, full stops spaced off their words (the shape of issue 15's
+  collection A, where the sentence splitter returned one unit per document).
+* ``partial``: the original corpus with the Qwen outputs of a seeded random 10 % of the documents only (the
+  shape of a filter that keeps outputs for some documents).
+
+Nothing is generated or tuned: stage 1 is the teacher's file (unfiltered), the encoder is the offline
+all-MiniLM-L6-v2 (what the offline profiles embed with, their encoder being frozen). Per corpus it writes the
+pipeline's table rows (``bm25``, ``dense``, ``dense-sentence``, ``dense-multi``, ``rb-manual-*-stage1`` at the
+offline profile's settings) with per-query randomisation tests against the corpus-only rows; the coverage
+rows (no fallback, extractive fallback, count prior) with the covered documents' top-10 share; and the
+label-free selection (pseudo-queries) against the selection on labelled train queries, each chosen setting's
+test nDCG@10 and their paired test. Vectors are cached in ``--work``; a rerun reuses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from core.io import write_json_atomic, write_jsonl_atomic
+from datamodules.downsample import DataConfig, DownsampleConfig, seeded_choice
+from pipeline import layout
+from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, LoggerConfig, Stage1Config
+from pipeline.context import PipelineContext
+from pipeline.coverage import coverage_of, top10_diagnostic, with_fallback
+from pipeline.embed import embed_texts
+from pipeline.evaluation import Evaluator, _row, table_rows
+from pipeline.selection import candidate_settings, select_label_free, units_for
+from pipeline.stages import sentence_items
+from retrieval.extractive import ExtractiveConfig, extractive_records
+from retrieval.filter import FilterConfig
+from retrieval.rao_blackwell import RaoBlackwellConfig
+from retrieval.results import ResultRow
+from retrieval.significance import compare_to_baselines, paired_compare
+from retrieval.synthetic import read_synthetic, write_synthetic
+
+log = logging.getLogger("robustness")
+
+DATA = Path("../shared/data/scifact")
+COVERED = DATA / "synthetic" / "covered-doc-ids.txt"
+TEACHER = DATA / "synthetic" / "qwen2.5-coder-0.5b-instruct.jsonl"
+ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+PARTIAL_SHARE = 0.10
+DEFAULTS = RaoBlackwellConfig(method="manual", doc_weight=0.6)  # configs/profiles/offline.yaml
+MULTI_MIX = 0.6
+
+
+def spaced_lower_case(text: str) -> str:
+    """Lower case, full stops spaced off their words: 'It rose. We saw' -> 'it rose . we saw'."""
+    return re.sub(r"\.(\s|$)", r" .\1", text.lower())
+
+
+def lower_folder(target: Path) -> Path:
+    """SciFact's covered documents and every query, lower-cased with spaced full stops, as a BEIR folder."""
+    if (target / "corpus.jsonl").is_file():
+        return target
+    keep = set(COVERED.read_text().split())
+    docs = [json.loads(line) for line in (DATA / "corpus.jsonl").read_text().splitlines() if line.strip()]
+    write_jsonl_atomic(target / "corpus.jsonl", ({**d, "title": spaced_lower_case(d.get("title", "")),
+                                                  "text": spaced_lower_case(d["text"])} for d in docs if d["_id"] in keep))
+    queries = [json.loads(line) for line in (DATA / "queries.jsonl").read_text().splitlines() if line.strip()]
+    write_jsonl_atomic(target / "queries.jsonl", ({**q, "text": spaced_lower_case(q["text"])} for q in queries))
+    shutil.copytree(DATA / "qrels", target / "qrels", dirs_exist_ok=True)
+    return target
+
+
+def context(run_dir: Path, data_path: Path, split: str, fallback: list[str]) -> PipelineContext:
+    """A pipeline context for the evaluator: only data, embed, evaluate and rao_blackwell are read."""
+    return PipelineContext(
+        run_dir=run_dir, data=DataConfig(path=data_path, split=split, downsample=DownsampleConfig(restrict_to=COVERED)),
+        model=None, prompts=None, stage1=Stage1Config(source="file", file=TEACHER), generation=GenerationConfig(),
+        filter=FilterConfig(), fit=FitConfig(skip=True), embed=EmbedConfig(encoder=ENCODER),
+        rao_blackwell=DEFAULTS, trainer={"accelerator": "cpu", "devices": 1},
+        evaluate=EvaluateConfig(methods=["manual"], multi_sentence_weight=MULTI_MIX, stages=["stage1"],
+                                baselines=["bm25", "dense", "dense-sentence", "dense-multi"], sweep_doc_weights=[],
+                                coverage_fallback=fallback),
+        logger=LoggerConfig(wandb=False))
+
+
+def prepare(variant: str, work: Path) -> tuple[PipelineContext, PipelineContext]:
+    """Write the variant's synthetic files and vectors into ``work/variant`` (cached); return test and train contexts."""
+    data_path = lower_folder(work / "lower-beir") if variant == "lower" else DATA
+    run_dir = work / variant
+    test, train = context(run_dir, data_path, "test", []), context(run_dir, data_path, "train", [])
+    dataset = test.dataset
+    records = read_synthetic(TEACHER, dataset.corpus, on_unknown_doc="warn")
+    if variant == "lower":
+        records = [dataclasses.replace(r, text=spaced_lower_case(r.text)) for r in records]
+    if variant == "partial":
+        chosen = seeded_choice(list(dataset.doc_ids), round(PARTIAL_SHARE * len(dataset.doc_ids)), seed=0, stream="partial")
+        records = [r for r in records if r.doc_id in chosen]
+    write_synthetic(run_dir / layout.STAGE1_KEPT, records)
+    extractive = extractive_records(dataset, ExtractiveConfig(), progress=False)
+    write_synthetic(run_dir / layout.EXTRACTIVE, extractive)
+    queries = {**train.dataset.queries, **dataset.queries}
+    if variant == "partial":  # the original's corpus: its document, sentence and query vectors serve as they are
+        for path in (layout.DOCUMENTS, layout.QUERIES, layout.SENTENCES):
+            if (work / "original" / path).is_file() and not (run_dir / path).is_file():
+                (run_dir / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(work / "original" / path, run_dir / path)
+    jobs = [(layout.DOCUMENTS, test.documents()), (layout.QUERIES, list(queries.items())),
+            (layout.SENTENCES, sentence_items(test)),
+            (layout.synthetic_vectors("stage1"), [(r.key.encode(), r.text) for r in records]),
+            (layout.synthetic_vectors("extractive"), [(r.key.encode(), r.text) for r in extractive])]
+    for path, items in jobs:
+        log.info("%s: embedding %d texts into %s", variant, len(items), path)
+        embed_texts(items, ENCODER, run_dir / path, batch_size=64, progress=False, return_vectors=False,
+                    trainer_kwargs={"accelerator": "cpu", "devices": 1})
+    return test, train
+
+
+def rb_row(evaluator: Evaluator, system: str, setting_units: Any, stage: str, extra: dict[str, Any]) -> ResultRow:
+    row = _row(system, lambda: evaluator.score_units(setting_units()), extra)
+    row.extra.update(top10_diagnostic(evaluator, stage, evaluator.last_run))
+    return row
+
+
+def study(variant: str, work: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    test_ctx, train_ctx = prepare(variant, work)
+    evaluator, train_eval = Evaluator(test_ctx), Evaluator(train_ctx)
+    rows = table_rows(test_ctx, evaluator)
+    multi = dict(sentence_weight=MULTI_MIX)
+    for name, fallback, config in [("extractive fallback", ["extractive"], DEFAULTS),
+                                   ("count prior 2", [], dataclasses.replace(DEFAULTS, count_prior=2.0)),
+                                   ("extractive fallback + count prior 2", ["extractive"],
+                                    dataclasses.replace(DEFAULTS, count_prior=2.0))]:
+        for level in ("doc", "multi"):
+            rows.append(rb_row(evaluator, f"rb-manual-{level}-stage1 ({name})",
+                               lambda lv=level, f=fallback, c=config: evaluator.rao_blackwell(
+                                   lv, with_fallback(evaluator, "stage1", f), c, **(multi if lv == "multi" else {})),
+                               "stage1", {"coverage_fallback": fallback, "count_prior": config.count_prior}))
+
+    # settings chosen without labels (pseudo-queries) and on labelled train queries, for each fallback choice
+    selections = {}
+    for fallback in ([], ["extractive"]):
+        settings = candidate_settings(["stage1"])
+        label_free = select_label_free(evaluator, settings, DEFAULTS, fallbacks=fallback)
+        train_scores = [train_eval.score_units(units_for(train_eval, s, DEFAULTS, fallback))["ndcg@10"] for s in settings]
+        best_train = max(range(len(settings)), key=lambda i: (train_scores[i], -i))
+        key = "+".join(fallback) or "none"
+        chosen = {"label-free": settings[[dataclasses.asdict(s) for s in settings].index(label_free["chosen"])],
+                  "train-labels": settings[best_train]}
+        per_query = {}
+        for how, setting in chosen.items():
+            row = rb_row(evaluator, f"selected {how} (fallback {key}): {setting.label}",
+                         lambda s=setting: units_for(evaluator, s, DEFAULTS, fallback), "stage1",
+                         {"chosen_by": how, "setting": dataclasses.asdict(setting), "coverage_fallback": fallback})
+            rows.append(row)
+            per_query[how] = {q: v["ndcg@10"] for q, v in row.per_query.items()}
+        comparison = paired_compare(per_query["label-free"], per_query["train-labels"])
+        selections[key] = {"label_free": label_free, "train": {
+            "chosen": dataclasses.asdict(settings[best_train]), "label": settings[best_train].label,
+            "scores": [{**dataclasses.asdict(s), "ndcg@10": round(v, 5)} for s, v in zip(settings, train_scores)]},
+            "label_free_vs_train_on_test": comparison.to_json()}
+    vs = compare_to_baselines({row.system: row.per_query for row in rows if row.per_query})
+    for row in rows:
+        if row.system in vs:
+            row.extra["vs"] = {base: c.to_json() for base, c in vs[row.system].items()}
+    units = json.loads((test_ctx.run_dir / layout.SENTENCE_UNITS).read_text())
+    return {"variant": variant, "documents": len(evaluator.doc_ids), "test_queries": len(test_ctx.dataset.qrels),
+            "train_queries": len(train_ctx.dataset.qrels), "sentence_units": units,
+            "coverage": {"stage1": coverage_of(evaluator, "stage1")}, "selection": selections,
+            "rows": [row.to_json() for row in rows], "seconds": round(time.perf_counter() - start, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("runs/robustness"))
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/robustness"))
+    parser.add_argument("--variants", nargs="+", default=["original", "lower", "partial"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "pipeline.embed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for variant in args.variants:
+        result = study(variant, args.work)
+        result["command"] = "python -m benchmarks.robustness " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_json_atomic(args.output / f"{variant}.json", result)
+        log.info("%s done in %.0f s", variant, result["seconds"])
+
+
+if __name__ == "__main__":
+    main()
