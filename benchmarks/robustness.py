@@ -2,9 +2,10 @@
 
     nice -n 19 python -m benchmarks.robustness --work runs/robustness --output benchmarks/results/robustness
 
-Corpora (each the 1,183-document SciFact covered subset: all 283 documents judged by the test split plus 900
-others, ``../shared/data/scifact/synthetic/covered-doc-ids.txt``; its 300 test queries and the train queries
-whose judged documents are all in it):
+Corpora (each a 700-document slice of the SciFact covered subset, ``covered-doc-ids.txt``, the documents with
+teacher outputs; a slice because the 1,183 covered documents' sentences and windows do not embed within the study's
+CPU budget on a shared 2-core machine: all 283 documents judged by the test split, those judged by 150 seeded train
+queries, and seeded others; its 300 test queries and the train queries whose judged documents are all in it):
 
 * ``original``: as it is; stage-1 outputs are the Qwen2.5-Coder-0.5B-Instruct questions and keywords.
 * ``lower``: corpus, queries and outputs lower-cased, full stops spaced off their words (the shape of issue 15's
@@ -34,12 +35,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.io import write_json_atomic, write_jsonl_atomic
 from datamodules.downsample import DataConfig, DownsampleConfig, seeded_choice
 from pipeline import layout
 from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, LoggerConfig, Stage1Config
 from pipeline.context import PipelineContext
 from pipeline.coverage import coverage_of, top10_diagnostic, with_fallback
+from lightning_modules.encoder import EncoderModule
 from pipeline.embed import embed_texts
 from pipeline.evaluation import Evaluator, _row, table_rows
 from pipeline.selection import candidate_settings, select_label_free, units_for
@@ -50,6 +54,7 @@ from retrieval.rao_blackwell import RaoBlackwellConfig
 from retrieval.results import ResultRow
 from retrieval.significance import compare_to_baselines, paired_compare
 from retrieval.synthetic import read_synthetic, write_synthetic
+from retrieval.vectors import load_vectors, read_vector_metadata, save_vectors
 
 log = logging.getLogger("robustness")
 
@@ -57,6 +62,8 @@ DATA = Path("../shared/data/scifact")
 COVERED = DATA / "synthetic" / "covered-doc-ids.txt"
 TEACHER = DATA / "synthetic" / "qwen2.5-coder-0.5b-instruct.jsonl"
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+SLICE_DOCS = 700
+SLICE_TRAIN_QUERIES = 150
 PARTIAL_SHARE = 0.10
 DEFAULTS = RaoBlackwellConfig(method="manual", doc_weight=0.6)  # configs/profiles/offline.yaml
 MULTI_MIX = 0.6
@@ -65,6 +72,31 @@ MULTI_MIX = 0.6
 def spaced_lower_case(text: str) -> str:
     """Lower case, full stops spaced off their words: 'It rose. We saw' -> 'it rose . we saw'."""
     return re.sub(r"\.(\s|$)", r" .\1", text.lower())
+
+
+def _judged(split: str) -> dict[str, set[str]]:
+    judged: dict[str, set[str]] = {}
+    for line in (DATA / "qrels" / f"{split}.tsv").read_text().splitlines()[1:]:
+        query, doc, _ = line.split("\t")
+        judged.setdefault(query, set()).add(doc)
+    return judged
+
+
+def slice_ids(path: Path) -> Path:
+    """The study's documents (see the module docstring), one id a line, written once."""
+    if path.is_file():
+        return path
+    covered = COVERED.read_text().split()
+    keep = set(covered)
+    docs = set().union(*_judged("test").values()) & keep
+    train = {q: d for q, d in _judged("train").items() if d <= keep}
+    for query in sorted(seeded_choice(sorted(train), SLICE_TRAIN_QUERIES, seed=0, stream="train-queries")):
+        docs |= train[query]
+    others = [doc for doc in covered if doc not in docs]
+    docs |= seeded_choice(others, SLICE_DOCS - len(docs), seed=0, stream="documents")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{doc}\n" for doc in covered if doc in docs))
+    return path
 
 
 def lower_folder(target: Path) -> Path:
@@ -81,10 +113,10 @@ def lower_folder(target: Path) -> Path:
     return target
 
 
-def context(run_dir: Path, data_path: Path, split: str, fallback: list[str]) -> PipelineContext:
+def context(run_dir: Path, data_path: Path, split: str, fallback: list[str], ids: Path) -> PipelineContext:
     """A pipeline context for the evaluator: only data, embed, evaluate and rao_blackwell are read."""
     return PipelineContext(
-        run_dir=run_dir, data=DataConfig(path=data_path, split=split, downsample=DownsampleConfig(restrict_to=COVERED)),
+        run_dir=run_dir, data=DataConfig(path=data_path, split=split, downsample=DownsampleConfig(restrict_to=ids)),
         model=None, prompts=None, stage1=Stage1Config(source="file", file=TEACHER), generation=GenerationConfig(),
         filter=FilterConfig(), fit=FitConfig(skip=True), embed=EmbedConfig(encoder=ENCODER),
         rao_blackwell=DEFAULTS, trainer={"accelerator": "cpu", "devices": 1},
@@ -98,7 +130,8 @@ def prepare(variant: str, work: Path) -> tuple[PipelineContext, PipelineContext]
     """Write the variant's synthetic files and vectors into ``work/variant`` (cached); return test and train contexts."""
     data_path = lower_folder(work / "lower-beir") if variant == "lower" else DATA
     run_dir = work / variant
-    test, train = context(run_dir, data_path, "test", []), context(run_dir, data_path, "train", [])
+    ids = slice_ids(work / "slice-doc-ids.txt")
+    test, train = context(run_dir, data_path, "test", [], ids), context(run_dir, data_path, "train", [], ids)
     dataset = test.dataset
     records = read_synthetic(TEACHER, dataset.corpus, on_unknown_doc="warn")
     if variant == "lower":
@@ -110,20 +143,44 @@ def prepare(variant: str, work: Path) -> tuple[PipelineContext, PipelineContext]
     extractive = extractive_records(dataset, ExtractiveConfig(), progress=False)
     write_synthetic(run_dir / layout.EXTRACTIVE, extractive)
     queries = {**train.dataset.queries, **dataset.queries}
-    if variant == "partial":  # the original's corpus: its document, sentence and query vectors serve as they are
-        for path in (layout.DOCUMENTS, layout.QUERIES, layout.SENTENCES):
-            if (work / "original" / path).is_file() and not (run_dir / path).is_file():
-                (run_dir / path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(work / "original" / path, run_dir / path)
+    # The original's vectors serve where the encoder sees the same token ids: the partial variant's corpus is the
+    # original's, and MiniLM's tokenizer is uncased and splits off punctuation, so lower case and spaced full stops
+    # give the same word pieces (checked text by text; a text that differs is embedded anew).
+    reuse = {"partial": [layout.DOCUMENTS, layout.QUERIES, layout.SENTENCES, layout.synthetic_vectors("extractive")],
+             "lower": [layout.DOCUMENTS, layout.QUERIES, layout.synthetic_vectors("stage1"),
+                       layout.synthetic_vectors("extractive")]}.get(variant, [])
     jobs = [(layout.DOCUMENTS, test.documents()), (layout.QUERIES, list(queries.items())),
             (layout.SENTENCES, sentence_items(test)),
             (layout.synthetic_vectors("stage1"), [(r.key.encode(), r.text) for r in records]),
             (layout.synthetic_vectors("extractive"), [(r.key.encode(), r.text) for r in extractive])]
     for path, items in jobs:
+        if path in reuse and reuse_vectors(work / "original" / path, run_dir / path, items):
+            continue
         log.info("%s: embedding %d texts into %s", variant, len(items), path)
-        embed_texts(items, ENCODER, run_dir / path, batch_size=64, progress=False, return_vectors=False,
+        embed_texts(items, ENCODER, run_dir / path, batch_size=64, progress=True, return_vectors=False,
                     trainer_kwargs={"accelerator": "cpu", "devices": 1})
+        write_json_atomic(run_dir / f"{path}.texts.json", items)  # what another variant compares its texts with
     return test, train
+
+
+def reuse_vectors(source: Path, target: Path, items: list[tuple[str, str]]) -> bool:
+    """Copy ``source``'s rows to ``target`` when its ids are ``items``' and every text has the same token ids as
+    the text ``source`` was embedded from; True when ``target`` holds such a copy (now or from an earlier run)."""
+    if target.is_file():
+        return read_vector_metadata(target).get("reused_from") == str(source)
+    texts_file = source.parent / f"{source.name}.texts.json"
+    if not source.is_file() or not texts_file.is_file():
+        return False
+    ids, vectors = load_vectors(source)
+    source_texts = dict(json.loads(texts_file.read_text()))
+    if ids != [key for key, _ in items]:
+        return False
+    tokenizer = EncoderModule(ENCODER).tokenizer
+    if any(tokenizer(text)["input_ids"] != tokenizer(source_texts[key])["input_ids"] for key, text in items):
+        return False
+    save_vectors(target, ids, np.asarray(vectors), metadata={"reused_from": str(source)})
+    log.info("%s: the same token ids as %s, its vectors reused", target, source)
+    return True
 
 
 def rb_row(evaluator: Evaluator, system: str, setting_units: Any, stage: str, extra: dict[str, Any]) -> ResultRow:

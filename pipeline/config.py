@@ -138,6 +138,9 @@ class EvaluateConfig:
             that has some: ``stage1`` (the earlier stage), ``extractive`` (its own title question and TF-IDF
             keyphrases, embedded by the embed stage), so covered and uncovered documents compete on equal
             terms (``pipeline.coverage``); empty: none.
+        select: ``label-free`` adds the row ``rb-selected-label-free``: the level, stage, document weight and
+            sentence mix chosen by held-out synthetic questions (``pipeline.selection``), no labels needed;
+            ``none``: no such row.
         k_values: cut-offs of the metrics.
         search: how vectors are searched.
         bm25: BM25 settings.
@@ -155,6 +158,7 @@ class EvaluateConfig:
     sweep_level: Literal["doc", "sentence", "multi"] = "sentence"
     sweep_stage: Literal["stage1", "stage2"] | None = None
     coverage_fallback: list[Literal["stage1", "extractive"]] = field(default_factory=list)
+    select: Literal["none", "label-free"] = "none"
     k_values: list[int] = field(default_factory=lambda: list(DEFAULT_K))
     search: SearchConfig = field(default_factory=SearchConfig)
     bm25: BM25Config = field(default_factory=BM25Config)

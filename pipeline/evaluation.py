@@ -27,6 +27,7 @@ from lightning_modules.encoder import EncoderModule
 from pipeline import layout
 from pipeline.context import PipelineContext
 from pipeline.coverage import corpus_diagnostics, top10_diagnostic, with_fallback
+from pipeline.selection import selected_row_settings, units_for
 from retrieval.bertscore import bertscore_f1, check_layer
 from retrieval.bm25 import bm25_search
 from retrieval.metrics import evaluate_run
@@ -299,6 +300,12 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator) -> list[ResultRow]:
                                      evaluator.rao_blackwell(lv, with_fallback(evaluator, st, cfg.coverage_fallback), c)),
                                  {"rao_blackwell": dataclasses.asdict(config)}))
                 rows[-1].extra.update(top10_diagnostic(evaluator, stage, evaluator.last_run))
+    selected = selected_row_settings(ctx, evaluator, stages)
+    if selected is not None:
+        name, setting, record = selected
+        rows.append(_row(name, lambda: evaluator.score_units(units_for(evaluator, setting, ctx.rao_blackwell,
+                                                                       cfg.coverage_fallback)), record))
+        rows[-1].extra.update(top10_diagnostic(evaluator, setting.stage, evaluator.last_run))
     return rows
 
 

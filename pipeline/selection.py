@@ -130,3 +130,19 @@ def select_label_free(evaluator: Evaluator, settings: Sequence[Setting], config:
     return {"chosen": dataclasses.asdict(settings[best]), "label": settings[best].label,
             "pseudo_queries": len(pseudo.query_ids), "source": source,
             "scores": [{**dataclasses.asdict(s), "ndcg@10": round(v, 5)} for s, v in zip(settings, scores)]}
+
+
+def selected_row_settings(ctx: Any, evaluator: Evaluator, stages: Sequence[str]) -> tuple[str, Setting, dict[str, Any]] | None:
+    """For ``evaluate.select: label-free``: the row name, the chosen setting and the record of the choice
+    (every candidate's pseudo-query score); None when selection is off or no stage has outputs."""
+    if ctx.evaluate.select != "label-free" or not stages:
+        return None
+    levels = [level for level in ctx.evaluate.levels if level == "doc" or evaluator.sentences is not None]
+    settings = candidate_settings(stages, levels=levels)
+    source = "stage1" if "stage1" in stages else stages[0]
+    choice = select_label_free(evaluator, settings, ctx.rao_blackwell, ctx.evaluate.coverage_fallback, source=source)
+    setting = Setting(**choice["chosen"])
+    record = {"chosen_by": f"label-free: {choice['pseudo_queries']} synthetic questions of {source} held out as "
+                           "pseudo-queries (pipeline/selection.py), no relevance labels",
+              "setting": choice["chosen"], "selection": choice["scores"]}
+    return "rb-selected-label-free", setting, record

@@ -129,7 +129,9 @@ def _notes(rows: Sequence[ResultRow]) -> list[str]:
                  "Rao-Blackwellisation; the `multi` level (`rb-*-multi-*`, `dense-multi`) and `expansion-*` are this "
                  "project's extension and baselines; `docs/method.md` says which weighting methods and settings "
                  "depart from the paper.")
-    return [significance_note([row.extra["vs"] for row in rows if "vs" in row.extra]), kinds]
+    chosen = " ".join(f"`{row.system}` is the setting the pipeline chose, by {row.extra['chosen_by']}: "
+                      f"{row.extra.get('setting')}." for row in rows if "chosen_by" in row.extra)
+    return [significance_note([row.extra["vs"] for row in rows if "vs" in row.extra]), kinds, chosen]
 
 
 def _per_query_payload(dataset: str, split: str, rows: Sequence[ResultRow],

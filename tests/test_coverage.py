@@ -20,7 +20,7 @@ from pipeline import layout
 from benchmarks.rb_sweep import load_context
 from pipeline.coverage import covered, top_k_share, with_fallback
 from pipeline.evaluation import Evaluator
-from pipeline.selection import candidate_settings, hold_out, select_label_free, units_for
+from pipeline.selection import Setting, candidate_settings, hold_out, select_label_free, units_for
 from retrieval.rao_blackwell import RaoBlackwellConfig
 from retrieval.synthetic import read_synthetic
 
@@ -43,7 +43,7 @@ def run_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     profile = tmp_path_factory.mktemp("profiles") / "tiny.yaml"
     config = tiny_pipeline_profile(FIXTURE, model, evaluate={
         "sweep_doc_weights": [0.5], "k_values": [1, 10, 100], "methods": ["manual"],
-        "coverage_fallback": ["stage1", "extractive"]})
+        "coverage_fallback": ["stage1", "extractive"], "select": "label-free"})
     profile.write_text(yaml.safe_dump(config))
     args = ["-c", str(profile), "--run_dir", str(tmp_path_factory.mktemp("runs") / "tiny")]
     train.main(["pipeline", *args])
@@ -127,3 +127,18 @@ def test_label_free_selection_holds_its_queries_out_and_picks_the_best_score(eva
     # the evaluator scores its own queries again afterwards
     after = evaluator.score_units(units_for(evaluator, settings[0], RaoBlackwellConfig(), ["extractive"]))
     assert set(after.per_query) <= set(evaluator.dataset.qrels)
+
+
+def test_the_table_marks_the_label_free_choice_with_how_it_was_made(run_dir: Path, evaluator: Evaluator) -> None:
+    rows = {row["system"]: row for row in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    selected = rows["rb-selected-label-free"]
+    assert selected["chosen_by"].startswith("label-free") and "vs" in selected
+    scores = [entry["ndcg@10"] for entry in selected["selection"]]
+    best = selected["selection"][scores.index(max(scores))]
+    assert selected["setting"] == {k: v for k, v in best.items() if k != "ndcg@10"}
+    assert "`rb-selected-label-free` is the setting the pipeline chose, by label-free" in (
+        run_dir / layout.RESULTS_MD).read_text()
+    # the row's scores are the chosen setting's, rebuilt here from the run's own vectors
+    setting = Setting(**selected["setting"])
+    again = evaluator.score_units(units_for(evaluator, setting, evaluator.ctx.rao_blackwell, ["stage1", "extractive"]))
+    assert again["ndcg@10"] == pytest.approx(selected["ndcg@10"])
