@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from core.io import write_json_atomic, write_jsonl_atomic
+from core.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from datamodules.downsample import DataConfig, DownsampleConfig, seeded_choice
 from pipeline import layout
 from pipeline.config import EmbedConfig, EvaluateConfig, FitConfig, GenerationConfig, LoggerConfig, Stage1Config
@@ -100,13 +100,13 @@ def slice_ids(path: Path) -> Path:
 
 
 def lower_folder(target: Path) -> Path:
-    """SciFact's covered documents and every query, lower-cased with spaced full stops, as a BEIR folder."""
+    """SciFact, every document and query lower-cased with spaced full stops, as a BEIR folder (the whole corpus,
+    so that the slice's queries and judgements are the original's)."""
     if (target / "corpus.jsonl").is_file():
         return target
-    keep = set(COVERED.read_text().split())
     docs = [json.loads(line) for line in (DATA / "corpus.jsonl").read_text().splitlines() if line.strip()]
     write_jsonl_atomic(target / "corpus.jsonl", ({**d, "title": spaced_lower_case(d.get("title", "")),
-                                                  "text": spaced_lower_case(d["text"])} for d in docs if d["_id"] in keep))
+                                                  "text": spaced_lower_case(d["text"])} for d in docs))
     queries = [json.loads(line) for line in (DATA / "queries.jsonl").read_text().splitlines() if line.strip()]
     write_jsonl_atomic(target / "queries.jsonl", ({**q, "text": spaced_lower_case(q["text"])} for q in queries))
     shutil.copytree(DATA / "qrels", target / "qrels", dirs_exist_ok=True)
@@ -153,6 +153,7 @@ def prepare(variant: str, work: Path) -> tuple[PipelineContext, PipelineContext]
             (layout.SENTENCES, sentence_items(test)),
             (layout.synthetic_vectors("stage1"), [(r.key.encode(), r.text) for r in records]),
             (layout.synthetic_vectors("extractive"), [(r.key.encode(), r.text) for r in extractive])]
+    jobs.sort(key=lambda job: job[0] in reuse)  # reused last: another process may still be writing the original's
     for path, items in jobs:
         if path in reuse and reuse_vectors(work / "original" / path, run_dir / path, items):
             continue
@@ -238,11 +239,48 @@ def study(variant: str, work: Path) -> dict[str, Any]:
             "rows": [row.to_json() for row in rows], "seconds": round(time.perf_counter() - start, 1)}
 
 
+def _vs(row: dict[str, Any], base: str) -> str:
+    entry = row.get("vs", {}).get(base)
+    return "" if entry is None else f"{100 * entry['delta']:+.2f} (p {entry['p_rand']:.3f})"
+
+
+def summarise(output: Path, variants: list[str]) -> str:
+    """``summary.md``: per corpus the rows with nDCG@10, the paired tests against ``dense`` and ``dense-multi``,
+    and the covered documents' top-10 share; then the two selections."""
+    lines = []
+    for variant in variants:
+        path = output / f"{variant}.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        units = result["sentence_units"]
+        lines += [f"## {variant} ({result['documents']} documents, {result['test_queries']} test queries; units: "
+                  f"{units['splitter']}, documents with 1 / 2-5 / >5 units: {units['units_per_document']['1']} / "
+                  f"{units['units_per_document']['2-5']} / {units['units_per_document']['>5']}; stage-1 coverage "
+                  f"{result['coverage']['stage1']['documents']} documents)", "",
+                  "| system | nDCG@10 | vs dense (Δ×100, p) | vs dense-multi (Δ×100, p) | covered top-10 share / corpus share |",
+                  "|---|---:|---|---|---|"]
+        for row in result["rows"]:
+            share = (f"{row['covered_top10_share']:.3f} / {row['covered_corpus_share']:.3f}"
+                     if "covered_top10_share" in row else "")
+            lines.append(f"| {row['system']} | {row['ndcg@10']:.4f} | {_vs(row, 'dense')} | {_vs(row, 'dense-multi')} "
+                         f"| {share} |")
+        lines.append("")
+        for fallback, selection in result["selection"].items():
+            c = selection["label_free_vs_train_on_test"]
+            lines.append(f"Selection with fallback `{fallback}`: label-free chose *{selection['label_free']['label']}*, "
+                         f"train labels chose *{selection['train']['label']}*; test nDCG@10 label-free minus train "
+                         f"{100 * c['delta']:+.2f} points (randomisation p {c['p_rand']:.3f}, {c['queries']} queries).")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("runs/robustness"))
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/robustness"))
-    parser.add_argument("--variants", nargs="+", default=["original", "lower", "partial"])
+    parser.add_argument("--variants", nargs="*", default=["original", "lower", "partial"],
+                        help="corpora to study; none: only rewrite summary.md from the JSON files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("lightning", "lightning.pytorch", "pipeline.embed"):
@@ -252,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         result["command"] = "python -m benchmarks.robustness " + " ".join(sys.argv[1:] if argv is None else argv)
         write_json_atomic(args.output / f"{variant}.json", result)
         log.info("%s done in %.0f s", variant, result["seconds"])
+    write_text_atomic(args.output / "summary.md", summarise(args.output, ["original", "lower", "partial"]) + "\n")
 
 
 if __name__ == "__main__":
