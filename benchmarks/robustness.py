@@ -51,6 +51,7 @@ from pipeline.stages import sentence_items
 from retrieval.extractive import ExtractiveConfig, extractive_records
 from retrieval.filter import FilterConfig
 from retrieval.rao_blackwell import RaoBlackwellConfig
+from retrieval.sentences import UnitConfig
 from retrieval.results import ResultRow
 from retrieval.significance import compare_to_baselines, paired_compare
 from retrieval.synthetic import read_synthetic, write_synthetic
@@ -113,12 +114,13 @@ def lower_folder(target: Path) -> Path:
     return target
 
 
-def context(run_dir: Path, data_path: Path, split: str, fallback: list[str], ids: Path) -> PipelineContext:
+def context(run_dir: Path, data_path: Path, split: str, fallback: list[str], ids: Path,
+            units: UnitConfig = UnitConfig()) -> PipelineContext:
     """A pipeline context for the evaluator: only data, embed, evaluate and rao_blackwell are read."""
     return PipelineContext(
         run_dir=run_dir, data=DataConfig(path=data_path, split=split, downsample=DownsampleConfig(restrict_to=ids)),
         model=None, prompts=None, stage1=Stage1Config(source="file", file=TEACHER), generation=GenerationConfig(),
-        filter=FilterConfig(), fit=FitConfig(skip=True), embed=EmbedConfig(encoder=ENCODER),
+        filter=FilterConfig(), fit=FitConfig(skip=True), embed=EmbedConfig(encoder=ENCODER, units=units),
         rao_blackwell=DEFAULTS, trainer={"accelerator": "cpu", "devices": 1},
         evaluate=EvaluateConfig(methods=["manual"], multi_sentence_weight=MULTI_MIX, stages=["stage1"],
                                 baselines=["bm25", "dense", "dense-sentence", "dense-multi"], sweep_doc_weights=[],
@@ -126,12 +128,12 @@ def context(run_dir: Path, data_path: Path, split: str, fallback: list[str], ids
         logger=LoggerConfig(wandb=False))
 
 
-def prepare(variant: str, work: Path) -> tuple[PipelineContext, PipelineContext]:
+def prepare(variant: str, work: Path, units: UnitConfig = UnitConfig()) -> tuple[PipelineContext, PipelineContext]:
     """Write the variant's synthetic files and vectors into ``work/variant`` (cached); return test and train contexts."""
     data_path = lower_folder(work / "lower-beir") if variant == "lower" else DATA
-    run_dir = work / variant
+    run_dir = work / (variant + run_suffix(units))
     ids = slice_ids(work / "slice-doc-ids.txt")
-    test, train = context(run_dir, data_path, "test", [], ids), context(run_dir, data_path, "train", [], ids)
+    test, train = (context(run_dir, data_path, split, [], ids, units) for split in ("test", "train"))
     dataset = test.dataset
     records = read_synthetic(TEACHER, dataset.corpus, on_unknown_doc="warn")
     if variant == "lower":
@@ -190,9 +192,15 @@ def rb_row(evaluator: Evaluator, system: str, setting_units: Any, stage: str, ex
     return row
 
 
-def study(variant: str, work: Path) -> dict[str, Any]:
+def run_suffix(units: UnitConfig) -> str:
+    """'' for the default units, else e.g. '-w48s24' (another window is another run directory and JSON file)."""
+    default = UnitConfig()
+    return "" if (units.window, units.stride) == (default.window, default.stride) else f"-w{units.window}s{units.stride}"
+
+
+def study(variant: str, work: Path, units: UnitConfig = UnitConfig()) -> dict[str, Any]:
     start = time.perf_counter()
-    test_ctx, train_ctx = prepare(variant, work)
+    test_ctx, train_ctx = prepare(variant, work, units)
     evaluator, train_eval = Evaluator(test_ctx), Evaluator(train_ctx)
     rows = table_rows(test_ctx, evaluator)
     multi = dict(sentence_weight=MULTI_MIX)
@@ -279,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("runs/robustness"))
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/robustness"))
+    parser.add_argument("--window", type=int, default=UnitConfig().window, help="embed.units.window")
+    parser.add_argument("--stride", type=int, default=UnitConfig().stride, help="embed.units.stride")
     parser.add_argument("--variants", nargs="*", default=["original", "lower", "partial"],
                         help="corpora to study; none: only rewrite summary.md from the JSON files")
     args = parser.parse_args(argv)
@@ -286,11 +296,14 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("lightning", "lightning.pytorch", "pipeline.embed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for variant in args.variants:
-        result = study(variant, args.work)
+        units = UnitConfig(window=args.window, stride=args.stride)
+        result = study(variant, args.work, units)
         result["command"] = "python -m benchmarks.robustness " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_json_atomic(args.output / f"{variant}.json", result)
+        write_json_atomic(args.output / f"{variant}{run_suffix(units)}.json", result)
         log.info("%s done in %.0f s", variant, result["seconds"])
-    write_text_atomic(args.output / "summary.md", summarise(args.output, ["original", "lower", "partial"]) + "\n")
+    named = ["original", "lower", "partial"]
+    others = sorted(path.stem for path in args.output.glob("*.json") if path.stem not in named)
+    write_text_atomic(args.output / "summary.md", summarise(args.output, named + others) + "\n")
 
 
 if __name__ == "__main__":
