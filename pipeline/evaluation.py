@@ -333,7 +333,8 @@ def weight_sweep(ctx: PipelineContext, evaluator: Evaluator, rows: Sequence[Resu
         curves[method] = []
         for weight in weights:
             config = dataclasses.replace(ctx.rao_blackwell, method=method, doc_weight=weight)
-            curves[method].append(evaluator.score_units(evaluator.rao_blackwell(level, stage, config))["ndcg@10"])
+            source = with_fallback(evaluator, stage, ctx.evaluate.coverage_fallback)  # as the table's rows
+            curves[method].append(evaluator.score_units(evaluator.rao_blackwell(level, source, config))["ndcg@10"])
     scored = {row.system: row.metrics for row in rows}
     corpus_only = scored.get(CORPUS_ONLY_ROW[level]) or evaluator.score_units(evaluator.corpus_only_units(level))
     return {"stage": stage, "level": level, "doc_weights": list(ctx.evaluate.sweep_doc_weights), "ndcg@10": curves,
