@@ -20,6 +20,7 @@ from retrieval.extractive import ExtractiveConfig
 from retrieval.metrics import DEFAULT_K
 from retrieval.rao_blackwell import WEIGHTING_METHODS
 from retrieval.search import SearchConfig
+from retrieval.sentences import UnitConfig
 from retrieval.synthetic import UnknownDocPolicy
 
 STAGES = ("data", "stage1", "filter", "tune", "stage2", "filter2", "embed", "index", "evaluate")
@@ -101,12 +102,15 @@ class EmbedConfig:
         batch_size: texts per batch per device.
         dtype: precision of the vector files on disk (search always computes in float32).
         sentences: also embed sentence units (title + sentence) for sentence-level vectors.
+        units: how documents are cut into those units (sentences, or word windows where the corpus's text
+            defeats the sentence splitter; ``auto`` chooses per corpus and reports it).
     """
 
     encoder: str = "tuned"
     batch_size: int = 64
     dtype: Literal["float32", "float16"] = "float32"
     sentences: bool = True
+    units: UnitConfig = field(default_factory=UnitConfig)
 
 
 @dataclass
@@ -158,6 +162,13 @@ class EvaluateConfig:
         sweep_level: level of the sweep.
         sweep_stage: whose synthetic outputs the sweep uses; null: the last stage available (stage 2 after
             tuning). ``stage1`` when the tuned model is too weak for its outputs to pass the filter.
+        coverage_fallback: a document without kept outputs in a row's stage takes those of the first of these
+            that has some: ``stage1`` (the earlier stage), ``extractive`` (its own title question and TF-IDF
+            keyphrases, embedded by the embed stage), so covered and uncovered documents compete on equal
+            terms (``pipeline.coverage``); empty: none.
+        select: ``label-free`` adds the row ``rb-selected-label-free``: the level, stage, document weight and
+            sentence mix chosen by held-out synthetic questions (``pipeline.selection``), no labels needed;
+            ``none``: no such row.
         k_values: cut-offs of the metrics.
         search: how vectors are searched.
         bm25: BM25 settings.
@@ -176,6 +187,8 @@ class EvaluateConfig:
     sweep_doc_weights: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     sweep_level: Literal["doc", "sentence", "multi"] = "sentence"
     sweep_stage: Literal["stage1", "stage2"] | None = None
+    coverage_fallback: list[Literal["stage1", "extractive"]] = field(default_factory=list)
+    select: Literal["none", "label-free"] = "none"
     k_values: list[int] = field(default_factory=lambda: list(DEFAULT_K))
     search: SearchConfig = field(default_factory=SearchConfig)
     bm25: BM25Config = field(default_factory=BM25Config)

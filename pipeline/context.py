@@ -122,7 +122,8 @@ class PipelineContext:
         ``generation.filter_stage2: false`` do not) is left out: it has no embedding and says nothing about its
         document; the log counts them.
         """
-        paths = {"stage1": (layout.STAGE1_KEPT, layout.STAGE1), "stage2": (layout.STAGE2_KEPT, layout.STAGE2)}
+        paths = {"stage1": (layout.STAGE1_KEPT, layout.STAGE1), "stage2": (layout.STAGE2_KEPT, layout.STAGE2),
+                 "extractive": (layout.EXTRACTIVE, layout.EXTRACTIVE)}
         kept, raw = paths[stage]
         records = read_synthetic(self.run_dir / (kept if self.evaluate.use_filtered else raw), self.dataset.corpus)
         texts = [record for record in records if record.text.strip()]

@@ -30,6 +30,8 @@ from pipeline import layout
 from pipeline.config import EvaluateConfig
 from pipeline.context import PipelineContext
 from pipeline.run_export import RunExport
+from pipeline.coverage import corpus_diagnostics, top10_diagnostic, with_fallback
+from pipeline.selection import selected_row_settings, units_for
 from retrieval.bertscore import bertscore_f1, check_layer
 from retrieval.bm25 import bm25_search
 from retrieval.index_files import load_index, search_index
@@ -142,6 +144,7 @@ class Evaluator:
             qrels = {qid: docs for qid, docs in self.dataset.qrels.items() if all(d in keep_docs for d in docs)}
             self.dataset = dataclasses.replace(self.dataset, qrels=qrels)
         self._synthetic: dict[str, Synthetic] = {}
+        self.last_run: dict[str, dict[str, float]] = {}
 
     def file(self, path: str) -> Path:
         """A vector file of the run, the base encoder's copy for a ``base`` evaluator."""
@@ -270,6 +273,7 @@ def _scored_row(evaluator: Evaluator, system: str, retrieve: Callable[[], Run], 
     """Retrieve, score, and (with ``export``) write the run the scores came from."""
     start = time.perf_counter()
     run = retrieve()
+    evaluator.last_run = run  # the ranking behind the scores (pipeline.coverage reads its top 10)
     metrics = evaluator.score_run(run)
     seconds = round(time.perf_counter() - start, 2)
     if export is not None:
@@ -331,10 +335,19 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator, before: Evaluator | N
                 if (f"rb-{method}-{level}-{stage}" == ctx.index_system and evaluator.keep_mask is None
                         and scorer is evaluator):
                     rows.append(_shipped_row(ctx, evaluator, export))  # what is evaluated is what is shipped
+                    rows[-1].extra.update(top10_diagnostic(evaluator, stage, evaluator.last_run))
                     continue
                 rows.append(_row(f"rb-{method}-{level}-{stage}",
-                                 lambda lv=level, st=stage, c=config, e=scorer: e.run_units(e.rao_blackwell(lv, st, c)),
+                                 lambda lv=level, st=stage, c=config, e=scorer: e.run_units(
+                                     e.rao_blackwell(lv, with_fallback(e, st, cfg.coverage_fallback), c)),
                                  {"rao_blackwell": dataclasses.asdict(config), "encoder": scorer.encoder_name}))
+                rows[-1].extra.update(top10_diagnostic(evaluator, stage, evaluator.last_run))
+    selected = selected_row_settings(ctx, evaluator, stages)
+    if selected is not None:
+        name, setting, record = selected
+        rows.append(_row(name, lambda: evaluator.run_units(units_for(evaluator, setting, ctx.rao_blackwell,
+                                                                     cfg.coverage_fallback)), record))
+        rows[-1].extra.update(top10_diagnostic(evaluator, setting.stage, evaluator.last_run))
     return rows
 
 
@@ -415,7 +428,8 @@ def weight_sweep(ctx: PipelineContext, evaluator: Evaluator, rows: Sequence[Resu
         curves[method] = []
         for weight in weights:
             config = dataclasses.replace(ctx.rao_blackwell, method=method, doc_weight=weight)
-            curves[method].append(evaluator.score_units(evaluator.rao_blackwell(level, stage, config))["ndcg@10"])
+            source = with_fallback(evaluator, stage, ctx.evaluate.coverage_fallback)  # as the table's rows
+            curves[method].append(evaluator.score_units(evaluator.rao_blackwell(level, source, config))["ndcg@10"])
     scored = {row.system: row.metrics for row in rows}
     corpus_only = scored.get(CORPUS_ONLY_ROW[level]) or evaluator.score_units(evaluator.corpus_only_units(level))
     return {"stage": stage, "level": level, "doc_weights": list(ctx.evaluate.sweep_doc_weights), "ndcg@10": curves,
@@ -466,7 +480,8 @@ def evaluate_run_dir(ctx: PipelineContext) -> list[ResultRow]:
         if row.system in vs:
             row.extra["vs"] = {base: comparison.to_json() for base, comparison in vs[row.system].items()}
     name = Path(ctx.data.path).name
-    write_results(ctx.run_dir, name, ctx.data.split, rows, columns=ctx.evaluate.columns)
+    write_results(ctx.run_dir, name, ctx.data.split, rows, columns=ctx.evaluate.columns,
+                  diagnostics=corpus_diagnostics(ctx, evaluator))
     sweep = weight_sweep(ctx, evaluator, rows)
     if sweep:
         write_json_atomic(ctx.run_dir / layout.SWEEP_JSON, sweep)

@@ -25,8 +25,9 @@ from pipeline.index import build_index, index_settings
 from pipeline.fit import fit_selfinstruct
 from pipeline.runner import Stage
 from pipeline.sources import STAGE1_SOURCES, generate
+from retrieval.extractive import extractive_records
 from retrieval.filter import filter_records
-from retrieval.sentences import sentence_units
+from retrieval.sentences import plan_units
 from retrieval.synthetic import expansion_texts, read_synthetic, write_synthetic
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,13 @@ def run_filter2(ctx: PipelineContext) -> None:
 
 
 def sentence_items(ctx: PipelineContext) -> list[tuple[str, str]]:
+    """The sentence units of the corpus; the splitter chosen and the units per document go to
+    ``layout.SENTENCE_UNITS`` (the evaluate stage copies them into ``results.json``)."""
     corpus = ctx.dataset.corpus
-    return [unit for doc_id in ctx.dataset.doc_ids
-            for unit in sentence_units(doc_id, corpus[doc_id].title, corpus[doc_id].text)]
+    items, report = plan_units(((doc_id, corpus[doc_id].title, corpus[doc_id].text) for doc_id in ctx.dataset.doc_ids),
+                               ctx.embed.units)
+    write_json_atomic(ctx.run_dir / layout.SENTENCE_UNITS, report)
+    return items
 
 
 def run_embed(ctx: PipelineContext) -> None:
@@ -134,6 +139,10 @@ def run_embed(ctx: PipelineContext) -> None:
         records = ctx.synthetic_records(stage)
         jobs.append((layout.synthetic_vectors(stage), [(r.key.encode(), r.text) for r in records]))
         jobs.append((layout.expansion_vectors(stage), expansion_texts(ctx.documents(), records)))
+    if "extractive" in ctx.evaluate.coverage_fallback:  # every document's own fallback outputs
+        records = extractive_records(dataset, ctx.stage1.extractive)
+        write_synthetic(run_dir / layout.EXTRACTIVE, records)
+        jobs.append((layout.synthetic_vectors("extractive"), [(r.key.encode(), r.text) for r in records]))
     for path, items in jobs:
         log.info("embedding %d texts into %s", len(items), path)
         embed_texts(items, encoder, run_dir / path, **settings)
@@ -202,7 +211,9 @@ def build_stages(ctx: PipelineContext) -> list[Stage]:
         Stage("filter2", lambda: run_filter2(ctx),
               lambda: {"filter": plain(ctx.filter) if ctx.generation.filter_stage2 else None,
                        "encoder": ctx.base_encoder}, lambda: [layout.STAGE2_KEPT], lambda: ["stage2"]),
-        Stage("embed", lambda: run_embed(ctx), lambda: {"embed": embed, "evaluate_filtered": ctx.evaluate.use_filtered},
+        Stage("embed", lambda: run_embed(ctx), lambda: {"embed": embed, "evaluate_filtered": ctx.evaluate.use_filtered,
+                                                  **({"fallback": ctx.evaluate.coverage_fallback}
+                                                     if ctx.evaluate.coverage_fallback else {})},
               lambda: layout.vector_outputs(ctx.embed.sentences), lambda: embed_deps, collective=True),
         Stage("index", lambda: build_index(ctx), lambda: index_settings(ctx), lambda: [layout.INDEX_MANIFEST],
               lambda: ["embed"], collective=True),

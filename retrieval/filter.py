@@ -317,6 +317,19 @@ def _empty_report(records: Sequence[SyntheticRecord]) -> dict[str, Any]:
     return {task: {"total": 0, "kept": 0, "dropped": {rule: 0 for rule in FILTER_RULES}} for task in tasks}
 
 
+def _coverage(records: Sequence[SyntheticRecord], kept: Sequence[SyntheticRecord], corpus_size: int) -> dict[str, Any]:
+    """Documents with outputs before and after the filter, per task: a stage whose outputs are kept for some
+    documents only promotes those documents unless the evaluation falls back for the others (issue 15)."""
+    def documents(rows: Sequence[SyntheticRecord], task: str | None = None) -> int:
+        return len({r.doc_id for r in rows if task is None or r.task == task})
+
+    tasks = [task for task in TASKS if any(r.task == task for r in records)]
+    return {"corpus_documents": corpus_size, "with_outputs": documents(records), "with_kept": documents(kept),
+            "kept_share": round(documents(kept) / corpus_size, 4) if corpus_size else 0.0,
+            "per_task": {task: {"with_outputs": documents(records, task), "with_kept": documents(kept, task)}
+                         for task in tasks}}
+
+
 def filter_records(records: Sequence[SyntheticRecord], dataset: Corpus, config: FilterConfig,
                    embed: Embed | None = None, work_dir: Path | None = None) -> FilterResult:
     """Apply every registered rule in order; keep records in their input order.
@@ -348,6 +361,7 @@ def filter_records(records: Sequence[SyntheticRecord], dataset: Corpus, config: 
             per_task[record.task]["dropped"][rule] += 1
     per_rule = {rule: sum(task["dropped"][rule] for task in per_task.values()) for rule in FILTER_RULES}
     report = {"total": len(records), "kept": len(kept), "documents_kept": len({r.doc_id for r in kept}),
+              "coverage": _coverage(records, kept, len(dataset.corpus)),
               "rules": FILTER_RULES.names(), "per_task": per_task, "per_rule": per_rule, **context.stats,
               "seconds": round(time.perf_counter() - start, 2), "config": asdict(config)}
     log.info("filter kept %d of %d records (%s)", len(kept), len(records),

@@ -139,6 +139,10 @@ class RaoBlackwellConfig:
             sentence (sentence level; needs ``doc_vectors``). 0 turns it off.
         chunk_size: at most this many (unit, output) pairs, and so units, are handled at once: memory
             per chunk is about chunk_size × d floats (the chunk's units and mix), whatever M is.
+        count_prior: k ≥ 0: the synthetic share 1 − w of a unit is scaled by n / (n + k), n its document's weighted
+            outputs, so a document with one output moves toward "question space" less than one with ten
+            (a shrinkage towards the unit's own vector; issue 15's partial coverage). 0: off (the share is 1 − w
+            whatever n is). Ignored by ``uniform``, whose weights already depend on n.
         bertscore_layer: ``bertscore`` only: how many of the embedding encoder's layers BERTScore runs
             (``bert_score``'s ``num_layers``; it has no default for MiniLM or T5 encoders); null: all of them,
             the last layer, whose states the retrieval vectors pool (``retrieval/bertscore.py``).
@@ -155,6 +159,7 @@ class RaoBlackwellConfig:
     parent_share: float = 0.0
     chunk_size: int = 65536
     bertscore_layer: int | None = None
+    count_prior: float = 0.0
 
     def __post_init__(self) -> None:
         WEIGHTING_METHODS.check(self.method, "rao_blackwell.method")
@@ -177,6 +182,8 @@ class RaoBlackwellConfig:
             raise ValueError(f"min_similarity must lie in [-1, 1] or be None, got {self.min_similarity}")
         if self.parent_share < 0:
             raise ValueError(f"parent_share must be non-negative, got {self.parent_share}")
+        if self.count_prior < 0:
+            raise ValueError(f"count_prior must be non-negative, got {self.count_prior}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
         if self.bertscore_layer is not None and self.bertscore_layer < 0:
@@ -340,10 +347,14 @@ def _mix_for_anchors(anchor_doc: Tensor, anchors: Tensor | None, outputs: _Outpu
             prior = shares[task] * raw
             within = prior / torch.zeros(num_groups, device=device).index_add_(0, group, prior)[group].clamp(min=1e-30)
             coefficient = present_share[pair_anchor] * within
-        augment = (1.0 - config.doc_weight) / total.clamp(min=1e-30)
+        synthetic_share = torch.full_like(total, 1.0 - config.doc_weight)
+        if config.count_prior > 0:  # shrink the synthetic share of documents with few outputs
+            n_outputs = torch.zeros(num_anchors, device=device).index_add_(0, pair_anchor, (raw > 0).float())
+            synthetic_share = synthetic_share * n_outputs / (n_outputs + config.count_prior)
+        augment = synthetic_share / total.clamp(min=1e-30)
         has_augment = total > 0
         coefficient = coefficient * augment[pair_anchor]
-        own = torch.where(has_augment, torch.full_like(total, config.doc_weight), torch.ones_like(total))
+        own = torch.where(has_augment, 1.0 - synthetic_share, torch.ones_like(total))
         parent = parent_mass * augment
 
     mix = sparse(coefficient) @ outputs.vectors if len(pair_output) else outputs.vectors.new_zeros(

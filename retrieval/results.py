@@ -95,8 +95,11 @@ def format_table(rows: Sequence[ResultRow], columns: Sequence[str] = DEFAULT_COL
 
 
 def write_results(run_dir: Path, dataset: str, split: str, rows: Sequence[ResultRow],
-                  columns: Sequence[str] = DEFAULT_COLUMNS) -> None:
+                  columns: Sequence[str] = DEFAULT_COLUMNS, diagnostics: dict[str, Any] | None = None) -> None:
     """Write ``results.json`` and ``results.md`` in ``run_dir`` (each atomically), replacing both.
+
+    ``diagnostics``: facts about the corpus behind the table (units per document, coverage), kept under
+    ``"diagnostics"`` in ``results.json``.
 
     Use :func:`update_results` to add rows to a table that other stages also write.
     """
@@ -106,6 +109,8 @@ def write_results(run_dir: Path, dataset: str, split: str, rows: Sequence[Result
         raise ValueError(f"duplicate system names in the results table: {duplicates}")
     run_dir = Path(run_dir)
     payload = {"dataset": dataset, "split": split, "rows": [row.to_json() for row in rows]}
+    if diagnostics:
+        payload["diagnostics"] = diagnostics
     per_query = _per_query_payload(dataset, split, rows, columns)
     if per_query is not None:  # first, so a table never names per-query data that is not there
         write_json_atomic(run_dir / PER_QUERY_JSON, per_query)
@@ -125,7 +130,9 @@ def _notes(rows: Sequence[ResultRow]) -> list[str]:
                  "project's extension and baselines; `docs/method.md` says which weighting methods and settings "
                  "depart from the paper.")
     encoders = next((f"Encoders: {row.extra['before_tuning']}." for row in rows if "before_tuning" in row.extra), "")
-    return [significance_note([row.extra["vs"] for row in rows if "vs" in row.extra]), kinds, encoders]
+    chosen = " ".join(f"`{row.system}` is the setting the pipeline chose, by {row.extra['chosen_by']}: "
+                      f"{row.extra.get('setting')}." for row in rows if "chosen_by" in row.extra)
+    return [significance_note([row.extra["vs"] for row in rows if "vs" in row.extra]), kinds, encoders, chosen]
 
 
 def _per_query_payload(dataset: str, split: str, rows: Sequence[ResultRow],

@@ -101,6 +101,12 @@ def test_first_failed_rule_is_reported_and_counts_add_up(dataset) -> None:
     assert report["per_rule"] == {**dict.fromkeys(RULES, 0), "empty": 1, "length": 1, "question_form": 1,
                                   "keyword_list": 1, "repetition": 1, "duplicate": 1}
     assert report["config"]["roundtrip"] is False
+    # coverage (issue 15): documents with outputs before and after the filter, per task
+    corpus = len(dataset.corpus)
+    assert report["coverage"] == {"corpus_documents": corpus, "with_outputs": 2, "with_kept": 2,
+                                  "kept_share": round(2 / corpus, 4), "per_task": {
+                                      "question": {"with_outputs": 1, "with_kept": 1},
+                                      "keywords": {"with_outputs": 2, "with_kept": 1}}}
 
 
 def test_unknown_document_and_bad_config_are_refused(dataset) -> None:

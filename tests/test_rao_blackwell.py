@@ -193,6 +193,7 @@ VARIANTS = [dict(method=m) for m in METHODS] + [
     dict(method="softmax", normalise_within="all", min_similarity=-0.2),
     dict(method="bertscore", normalise_within="all", similarity_to="document", min_similarity=0.0),
     dict(method="manual", parent_share=0.5),
+    dict(method="manual", count_prior=2.0),
 ]
 
 
@@ -252,3 +253,18 @@ def test_task_names_and_codes_agree_and_bad_input_is_named():
         RaoBlackwellConfig(doc_weight=1.5)
     with pytest.raises(ValueError, match="method"):
         RaoBlackwellConfig(method="mean")
+
+
+def test_count_prior_shrinks_the_synthetic_share_of_documents_with_few_outputs():
+    """Doc 0 has 2 outputs, doc 1 has 3: with k = 1 their synthetic shares are (1 − w)·2/3 and (1 − w)·3/4."""
+    config = RaoBlackwellConfig(doc_weight=0.5, count_prior=1.0)
+    out = rao_blackwellise(**three_documents(), config=config)
+    # Doc 0: own 1 − 0.5·2/3 = 2/3, question e2 and keywords e3 1/6 each.
+    torch.testing.assert_close(out[0], unit(4, 1, 1))
+    # Doc 1: own 1 − 0.5·3/4 = 5/8; question share 3/16 split over e1, e3; keywords 3/16 on e1.
+    torch.testing.assert_close(out[1], unit(3 / 32 + 3 / 16, 5 / 8, 3 / 32))
+    torch.testing.assert_close(out[2], E3)  # no outputs: its own vector
+    off = rao_blackwellise(**three_documents(), config=RaoBlackwellConfig(doc_weight=0.5, count_prior=0.0))
+    torch.testing.assert_close(off[0], unit(2, 1, 1))
+    with pytest.raises(ValueError, match="count_prior"):
+        RaoBlackwellConfig(count_prior=-1.0)
