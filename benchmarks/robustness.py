@@ -45,7 +45,7 @@ from pipeline.context import PipelineContext
 from pipeline.coverage import coverage_of, top10_diagnostic, with_fallback
 from lightning_modules.encoder import EncoderModule
 from pipeline.embed import embed_texts
-from pipeline.evaluation import Evaluator, _row, table_rows
+from pipeline.evaluation import Evaluator, _scored_row, table_rows
 from pipeline.selection import candidate_settings, select_label_free, units_for
 from pipeline.stages import sentence_items
 from retrieval.extractive import ExtractiveConfig, extractive_records
@@ -187,7 +187,7 @@ def reuse_vectors(source: Path, target: Path, items: list[tuple[str, str]]) -> b
 
 
 def rb_row(evaluator: Evaluator, system: str, setting_units: Any, stage: str, extra: dict[str, Any]) -> ResultRow:
-    row = _row(system, lambda: evaluator.score_units(setting_units()), extra)
+    row = _scored_row(evaluator, system, lambda: evaluator.run_units(setting_units()), extra)
     row.extra.update(top10_diagnostic(evaluator, stage, evaluator.last_run))
     return row
 

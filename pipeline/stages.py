@@ -150,7 +150,7 @@ def run_embed(ctx: PipelineContext) -> None:
         shutil.rmtree(run_dir / layout.BASE_VECTORS_DIR, ignore_errors=True)
     else:
         before = {layout.DOCUMENTS, layout.QUERIES, layout.SENTENCES, layout.synthetic_vectors("stage1"),
-                  layout.expansion_vectors("stage1")}
+                  layout.expansion_vectors("stage1"), layout.synthetic_vectors("extractive")}  # stage-1 fallback too
         for path, items in jobs:
             if path in before:
                 log.info("embedding %d texts into %s with the base encoder", len(items), layout.base_vectors(path))
