@@ -27,7 +27,7 @@ from pathlib import Path
 
 from core.io import InputError
 from lightning_modules.encoder import resolve_encoder_source
-from lightning_modules.loading import ModelNotAvailableError, check_weight_format, resolve_model_source
+from lightning_modules.loading import ModelNotAvailableError, check_weight_format, resolve_gguf, resolve_model_source
 from pipeline.context import PipelineContext
 from pipeline.sources import STAGE1_SOURCES
 
@@ -99,6 +99,9 @@ def check_models(ctx: PipelineContext, running: Collection[str]) -> None:
     init = ctx.model_config["init_args"]
     for key, (value, weights) in _model_sources(ctx, running).items():
         try:
+            if key == "model.init_args.gguf_file":  # a local file, not a folder (lightning_modules.causal_lm)
+                resolve_gguf(None, value)
+                continue
             if key.startswith("model.init_args"):
                 source = resolve_model_source(value)
                 allow_pickle = bool(init.get("allow_pickle_weights"))
