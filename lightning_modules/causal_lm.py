@@ -274,6 +274,10 @@ class CausalLMModule(GeneratorModule):
     # ---- what a configuration names ------------------------------------------------------------------------
     @classmethod
     def model_sources(cls, init_args: Mapping[str, Any]) -> list[ModelSource]:
+        if not (init_args.get("gguf_file") or init_args.get("model_name_or_path")):
+            raise InputError("no model: set model.init_args.gguf_file (a local .gguf file) or "
+                             "model.init_args.model_name_or_path (a folder or hub name)", field="model.init_args",
+                             hint="configs/profiles/llm-offline.yaml needs --model.init_args.gguf_file PATH")
         if init_args.get("gguf_file"):
             folder = init_args.get("model_name_or_path")
             path = Path(init_args["gguf_file"]) if folder is None else Path(folder) / init_args["gguf_file"]

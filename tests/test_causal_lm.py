@@ -252,3 +252,12 @@ def test_pipeline_self_stage1_lora_tuning_stage2_embed_evaluate(tmp_path: Path, 
     assert [r["text"] for r in stage2] != [r["text"] for r in stage1]  # the tuned adapter writes differently
     results = json.loads((run_dir / layout.RESULTS_JSON).read_text())
     assert results
+
+
+def test_the_offline_llm_profile_stops_at_once_without_its_gguf_file(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    profile = Path(__file__).resolve().parents[1] / "configs" / "profiles" / "llm-offline.yaml"
+    with pytest.raises(SystemExit):
+        train.main(["pipeline", "-c", str(profile), "--data.path", str(TINY_BEIR), "--run_dir", str(tmp_path / "run")])
+    assert "needs --model.init_args.gguf_file PATH" in capsys.readouterr().err
+    assert not (tmp_path / "run" / layout.STAGE1).exists()
