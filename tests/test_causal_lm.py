@@ -261,3 +261,37 @@ def test_the_offline_llm_profile_stops_at_once_without_its_gguf_file(tmp_path: P
         train.main(["pipeline", "-c", str(profile), "--data.path", str(TINY_BEIR), "--run_dir", str(tmp_path / "run")])
     assert "needs --model.init_args.gguf_file PATH" in capsys.readouterr().err
     assert not (tmp_path / "run" / layout.STAGE1).exists()
+
+
+@pytest.mark.slow
+def test_lora_fit_with_accumulation_resumes_from_its_adapter_only_checkpoint(tmp_path: Path,
+                                                                             models: dict[str, Path]) -> None:
+    """`train.py fit` with LoRA: global batch 4 as 2 x 2 accumulated steps; a resumed run continues the adapter."""
+    from pipeline.fit import run_lightning_cli
+
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "run"
+    config = {"trainer": {"default_root_dir": str(run_dir), "max_epochs": 1, "accelerator": "cpu", "devices": 1,
+                          "accumulate_grad_batches": 2, "enable_progress_bar": False, "enable_model_summary": False,
+                          "log_every_n_steps": 1},
+              "model": {"class_path": "lightning_modules.causal_lm.CausalLMModule",
+                        "init_args": {"model_name_or_path": str(models["qwen2"]), "max_input_length": 48,
+                                      "learning_rate": 1e-2, "lora": {"rank": 4, "alpha": 8.0},
+                                      "decoding": {"max_new_tokens": 4}}},
+              "data": {"init_args": {"kept_file": str(root / "tests" / "data" / "selfinstruct" / "kept.jsonl"),
+                                     "dataset": {"path": str(TINY_BEIR)}, "val_fraction": 0.3, "batch_size": 4,
+                                     "cache_dir": str(tmp_path / "datasets-cache")}},
+              "generation_samples": {"num_examples": 2}}
+    args = ["fit", "--config", str(root / "configs" / "fit" / "selfinstruct.yaml"), "--config",
+            str(root / "configs" / "fit" / "csv_logger.yaml")]
+    first = run_lightning_cli([*args, "--config", json.dumps(config)])
+    assert first.datamodule.device_batch_size == 2 and first.trainer.global_step == 7  # 28 pairs / 4 per step
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["state_dict"] and all("lora_" in key for key in last["state_dict"])
+    config["trainer"]["max_epochs"] = 2
+    second = run_lightning_cli([*args, "--config", json.dumps(config), "--ckpt_path=last"])
+    assert second.trainer.global_step == 14 and second.trainer.current_epoch == 2
+    resumed = {k: v for k, v in second.model.state_dict().items() if k in last["state_dict"]}
+    assert any(not torch.equal(resumed[k], v) for k, v in last["state_dict"].items())  # it kept training
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
+    assert "| epoch 1 |" in (run_dir / "tables" / "fit-samples.md").read_text()
