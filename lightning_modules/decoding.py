@@ -117,22 +117,26 @@ class SeededSampler(LogitsProcessor):
     accumulated in float64, row by row, so a row's draw does not depend on the other rows of the batch.
     """
 
-    def __init__(self, row_seeds: torch.Tensor) -> None:
+    def __init__(self, row_seeds: torch.Tensor, prompt_width: int = 0) -> None:
+        """``prompt_width``: tokens in ``input_ids`` before the first generated one (a decoder-only model's
+        left-padded prompts; 0 for an encoder-decoder), so the step count does not depend on the batch's padding."""
         self.row_seeds = row_seeds
+        self.prompt_width = prompt_width
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[0] != self.row_seeds.shape[0]:
             raise ValueError(f"{scores.shape[0]} rows being decoded but {self.row_seeds.shape[0]} seeds")
         cumulative = torch.softmax(scores.to(torch.float64), dim=-1).cumsum(dim=-1)
-        uniform = hashed_uniform(self.row_seeds.to(scores.device), input_ids.shape[-1])
+        uniform = hashed_uniform(self.row_seeds.to(scores.device), input_ids.shape[-1] - self.prompt_width)
         targets = (uniform * cumulative[:, -1]).unsqueeze(-1)
         chosen = torch.searchsorted(cumulative, targets, right=True).clamp_(max=scores.shape[-1] - 1)
         only_chosen = torch.full_like(scores, float("-inf"))
         return only_chosen.scatter_(-1, chosen, 0.0)
 
 
-def sampling_processors(config: DecodingConfig, row_seeds: torch.Tensor) -> LogitsProcessorList:
-    """Temperature, top-k, top-p (Hugging Face's warpers, in their usual order), then the seeded draw."""
+def sampling_processors(config: DecodingConfig, row_seeds: torch.Tensor, prompt_width: int = 0) -> LogitsProcessorList:
+    """Temperature, top-k, top-p (Hugging Face's warpers, in their usual order), then the seeded draw
+    (``prompt_width``: see :class:`SeededSampler`)."""
     processors: list[LogitsProcessor] = []
     if config.temperature != 1.0:
         processors.append(TemperatureLogitsWarper(config.temperature))
@@ -140,7 +144,7 @@ def sampling_processors(config: DecodingConfig, row_seeds: torch.Tensor) -> Logi
         processors.append(TopKLogitsWarper(config.top_k))
     if config.top_p is not None and config.top_p < 1.0:
         processors.append(TopPLogitsWarper(config.top_p))
-    processors.append(SeededSampler(row_seeds))
+    processors.append(SeededSampler(row_seeds, prompt_width))
     return LogitsProcessorList(processors)
 
 

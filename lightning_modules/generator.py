@@ -19,6 +19,8 @@ Batch contracts (ids travel inside the batch, see docs/architecture.md):
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -27,6 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningModule
+from transformers import Adafactor
 
 from core.fingerprint import chunks_hash
 from lightning_modules.decoding import DecodingConfig
@@ -158,6 +161,20 @@ class GeneratorModule(LightningModule, ABC):
         return [{"doc_id": doc_id, "task": task, "sample_idx": index, "text": text, "model": self.model_label}
                 for doc_id, task, outputs in zip(doc_ids, tasks, texts) for index, text in enumerate(outputs)]
 
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """transformers' ``Adafactor`` (not ``torch.optim.Adafactor``, a different algorithm) with a fixed rate,
+        or AdamW, as the ``optimizer``, ``learning_rate`` and ``weight_decay`` hyperparameters say.
+
+        ``scale_parameter=False, relative_step=False, warmup_init=False`` make it use ``learning_rate`` as
+        given, as the paper's fixed 1e-4 requires. Frozen parameters (a frozen encoder, a LoRA base) are left out.
+        """
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        hp = self.hparams
+        if hp.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        return Adafactor(params, lr=hp.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False,
+                         weight_decay=hp.weight_decay)
+
     def set_decoding(self, decoding: DecodingConfig) -> None:
         """Decode with ``decoding`` from now on (stage 1 and stage 2 may differ from the configured one)."""
         self.decoding = replace(decoding)
@@ -167,6 +184,29 @@ class GeneratorModule(LightningModule, ABC):
     @abstractmethod
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write what :meth:`from_tuned` loads into ``path``, atomically; only global rank zero writes."""
+
+    def write_folder(self, path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+        """``write(staging)`` fills a folder beside ``path`` that is then renamed onto it, so a crash leaves the
+        previous model intact (an old ``path`` is removed only afterwards). Under DDP only global rank zero
+        writes; the other ranks return at once."""
+        path = Path(path)
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            write(staging)
+            old = None
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+                os.replace(path, old / path.name)
+            os.replace(staging, path)
+            if old is not None:
+                shutil.rmtree(old)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return path
 
     def fingerprint(self) -> dict[str, str]:
         """What decides generated texts besides decoding and prompts: the weights and the tokenizer."""

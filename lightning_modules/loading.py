@@ -113,6 +113,23 @@ def resolve_model_source(name_or_path: str | os.PathLike) -> str:
         "model_name_or_path to that folder.")
 
 
+def resolve_gguf(model_name_or_path: str | os.PathLike | None, gguf_file: str | os.PathLike) -> tuple[str, str]:
+    """``(folder, file name)`` of a local GGUF file, as ``from_pretrained(folder, gguf_file=name)`` wants them.
+
+    ``gguf_file`` is a path to the file, or a name inside the folder ``model_name_or_path``. Local files only:
+    a GGUF is a download the user made on purpose, so a missing one is an error naming the key, at once.
+    """
+    path = Path(gguf_file).expanduser()
+    if not path.is_absolute() and model_name_or_path is not None:
+        path = Path(model_name_or_path).expanduser() / path
+    if path.suffix != ".gguf":
+        raise ModelNotAvailableError(f"model.init_args.gguf_file '{gguf_file}' is not a .gguf file")
+    if not path.is_file():
+        raise ModelNotAvailableError(f"model.init_args.gguf_file '{path}' does not exist; provision it (e.g. "
+                                     "../shared/tools/provision-qwen-gguf.sh DIR prints the path) and pass that path")
+    return str(path.parent.resolve()), path.name
+
+
 def check_weight_format(source: str, allow_pickle: bool) -> None:
     """Refuse pickled weights (``.bin``/``.h5``) in a local folder unless the user opted in.
 

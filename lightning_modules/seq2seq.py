@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from transformers import (Adafactor, AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                           EncoderDecoderModel, PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -163,17 +161,6 @@ def warm_start_encoder_decoder(encoder_path: str, tokenizer: PreTrainedTokenizer
     return model
 
 
-def _replace_directory(source: Path, target: Path) -> None:
-    """Move the finished folder ``source`` onto ``target``; an old ``target`` is removed only afterwards."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(source, target)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 class Seq2SeqModule(GeneratorModule):
     """Any ``AutoModelForSeq2SeqLM`` (hub name or local path) or an encoder-decoder warm-started from an encoder."""
 
@@ -309,19 +296,6 @@ class Seq2SeqModule(GeneratorModule):
                             decoder_input_ids=decoder_input_ids).logits
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """transformers' ``Adafactor`` (not ``torch.optim.Adafactor``, a different algorithm) with a fixed rate.
-
-        ``scale_parameter=False, relative_step=False, warmup_init=False`` make it use ``learning_rate`` as
-        given, as the paper's fixed 1e-4 requires. Frozen parameters are left out.
-        """
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        hp = self.hparams
-        if hp.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-        return Adafactor(params, lr=hp.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False,
-                         weight_decay=hp.weight_decay)
-
     # ---- generation ---------------------------------------------------------------------------------------
     def generate_texts(self, batch: Mapping[str, Any], doc_ids: list[str], tasks: list[str]) -> list[list[str]]:
         """``num_samples`` decoded texts per prompt row, special tokens stripped.
@@ -368,18 +342,9 @@ class Seq2SeqModule(GeneratorModule):
         It loads back with ``Seq2SeqModule(model_name_or_path=path)`` (and ``AutoModelForSeq2SeqLM``).
         Under DDP only global rank zero writes; the other ranks return at once.
         """
-        path = Path(path)
-        if self._trainer is not None and not self.trainer.is_global_zero:
-            return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
+        def write(staging: Path) -> None:
             self.model.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
             if not any((staging / name).is_file() for name in SAFE_WEIGHT_FILES):
                 raise RuntimeError(f"save_pretrained wrote no safetensors weights into {staging}")
-            _replace_directory(staging, path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return path
+        return self.write_folder(path, write)

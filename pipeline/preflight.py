@@ -37,7 +37,7 @@ import yaml
 
 from core.io import InputError, require_file
 from lightning_modules.encoder import resolve_encoder_source
-from lightning_modules.loading import ModelNotAvailableError, check_weight_format, resolve_model_source
+from lightning_modules.loading import ModelNotAvailableError, check_weight_format, resolve_gguf, resolve_model_source
 from pipeline.config_errors import key_line
 from pipeline.context import PipelineContext
 from pipeline.sources import STAGE1_SOURCES
@@ -167,6 +167,9 @@ def check_models(ctx: PipelineContext, running: Collection[str]) -> None:
             check_encoder(key, value)
             continue
         try:
+            if key == "model.init_args.gguf_file":  # a local file, not a folder (lightning_modules.causal_lm)
+                resolve_gguf(None, value)
+                continue
             source = resolve_model_source(value)
             if weights:
                 check_weight_format(source, bool(init.get("allow_pickle_weights")))

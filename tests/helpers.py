@@ -201,3 +201,57 @@ def sigkill_then_resume(run: Callable[[], object], output: Path, part_pattern: s
     assert process.exitcode == 0
     assert not parts_root.exists()
     return len(parts)
+
+
+CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+                   "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+"""Qwen2's chat format (ChatML), without its default system message."""
+
+
+def make_tiny_causal(path: str | Path, family: str = "qwen2", seed: int = 0) -> Path:
+    """Save a random tiny decoder-only LM (2 layers, hidden 32) with a byte-level BPE tokenizer into ``path``.
+
+    ``qwen2``: a Qwen2 model, tied embeddings, ChatML special tokens and chat template (EOS ``<|im_end|>``);
+    ``llama``: a Llama model, untied head, ``<s>``/``</s>``, a BOS added by the tokenizer, no chat template and
+    no PAD token (as Llama's). The tokenizer (400 pieces) is trained on the tiny BEIR fixture's texts, so it is
+    the same on every call.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    path = Path(path)
+    qwen = family == "qwen2"
+    if family not in ("qwen2", "llama"):
+        raise ValueError(f"family must be qwen2 or llama, got {family}")
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if qwen else ["<s>", "</s>", "<unk>"]
+    backend = Tokenizer(models.BPE(unk_token=None if qwen else "<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = Path(__file__).resolve().parent / "data" / "tiny_beir" / "corpus.jsonl"
+    texts = [line for line in corpus.read_text(encoding="utf-8").splitlines()] + ["Write a question keywords"]
+    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                           show_progress=False))
+    if qwen:
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
+                                            pad_token="<|endoftext|>", bos_token=None)
+        tokenizer.chat_template = CHATML_TEMPLATE
+    else:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                            unk_token="<unk>")
+    shape = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+             "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
+             "pad_token_id": tokenizer.pad_token_id}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=True)) if qwen else \
+            LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False))
+        with torch.no_grad():  # sharper next-token distributions than the 0.02-std init, so seeds matter
+            model.get_output_embeddings().weight.mul_(20.0 if not qwen else 1.0)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
