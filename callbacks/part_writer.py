@@ -9,7 +9,8 @@ and rank 0 merges the parts into the final file (deduplicated by key, in the cal
 Part files live in ``<output>.parts/<fingerprint>/`` where the fingerprint names the inputs
 and model that made them, so parts from a different configuration are never resumed from.
 Names carry the rank, an attempt id (unique per run, so a resumed run never overwrites an
-earlier part) and the batch index: ``rank00001-20250101T120000-1a2b3c-b0000042<suffix>``.
+earlier part; its microsecond start time orders attempts, oldest first) and the batch index:
+``rank00001-20250101T120000123456-1a2b3c-b0000042<suffix>``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class RankPartWriter(BasePredictionWriter, ABC):
         self.order = order
         self.fingerprint = fingerprint
         self.keep_parts = keep_parts
-        self.attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        started = time.time_ns() // 1000
+        self.attempt = f"{time.strftime('%Y%m%dT%H%M%S', time.localtime(started // 10**6))}{started % 10**6:06d}-" \
+                       f"{uuid.uuid4().hex[:6]}"
 
     # ----- what subclasses implement -------------------------------------------------------------
     @abstractmethod

@@ -194,7 +194,10 @@ def sigkill_then_resume(run: Callable[[], object], output: Path, part_pattern: s
         assert len(set(parts_root.glob(part_pattern)) - before) == new_parts
         assert (len(set(parts_root.rglob(".*.tmp")) - temporary) == 1) == (point == "part-tmp")
     parts = list(parts_root.glob(part_pattern))
-    assert len({part.name.split("-b")[0] for part in parts}) == kills  # every killed run had written some parts
+    # every killed run had written some parts; the batch index is the name's last "-b" (an attempt id's random
+    # hex may itself start with "b": rank00000-20261205T214416-ba5e2e-b0000001)
+    attempts = {part.name.rsplit("-b", 1)[0] for part in parts}
+    assert len(attempts) == kills, sorted(part.name for part in parts)
     process = fork.Process(target=run, daemon=True)
     process.start()
     process.join()
