@@ -12,8 +12,13 @@ queries, and seeded others; its 300 test queries and the train queries whose jud
   collection A, where the sentence splitter returned one unit per document).
 * ``partial``: the original corpus with the Qwen outputs of a seeded random 10 % of the documents only (the
   shape of a filter that keeps outputs for some documents).
+* ``partial-stage2``: the original corpus with *stage-2* outputs for a seeded random 10 % of the documents only:
+  the kept (filtered) outputs of the tuned model of a finished covered-subset pipeline run (``--stage2-from``,
+  ``configs/profiles/scifact-covered.yaml``), drawn among the slice's documents that have kept outputs there.
+  Its rows are the pipeline's ``rb-*-stage2`` rows: issue 15's failing case.
 
-Nothing is generated or tuned: stage 1 is the teacher's file (unfiltered), the encoder is the offline
+Nothing is generated or tuned here: stage 1 is the teacher's file (unfiltered), stage 2 comes from that run; the
+encoder is the offline
 all-MiniLM-L6-v2 (what the offline profiles embed with, their encoder being frozen). Per corpus it writes the
 pipeline's table rows (``bm25``, ``dense``, ``dense-sentence``, ``dense-multi``, ``rb-manual-*-stage1`` at the
 offline profile's settings) with per-query randomisation tests against the corpus-only rows; the coverage
@@ -114,46 +119,75 @@ def lower_folder(target: Path) -> Path:
     return target
 
 
+def stage_of(variant: str) -> str:
+    """Whose outputs a variant's Rao-Blackwell rows use."""
+    return "stage2" if variant == "partial-stage2" else "stage1"
+
+
 def context(run_dir: Path, data_path: Path, split: str, fallback: list[str], ids: Path,
-            units: UnitConfig = UnitConfig()) -> PipelineContext:
+            units: UnitConfig = UnitConfig(), stage: str = "stage1") -> PipelineContext:
     """A pipeline context for the evaluator: only data, embed, evaluate and rao_blackwell are read."""
     return PipelineContext(
         run_dir=run_dir, data=DataConfig(path=data_path, split=split, downsample=DownsampleConfig(restrict_to=ids)),
         model=None, prompts=None, stage1=Stage1Config(source="file", file=TEACHER), generation=GenerationConfig(),
         filter=FilterConfig(), fit=FitConfig(skip=True), embed=EmbedConfig(encoder=ENCODER, units=units),
         rao_blackwell=DEFAULTS, trainer={"accelerator": "cpu", "devices": 1},
-        evaluate=EvaluateConfig(methods=["manual"], multi_sentence_weight=MULTI_MIX, stages=["stage1"],
+        evaluate=EvaluateConfig(methods=["manual"], multi_sentence_weight=MULTI_MIX, stages=[stage],
                                 baselines=["bm25", "dense", "dense-sentence", "dense-multi"], sweep_doc_weights=[],
                                 coverage_fallback=fallback),
         logger=LoggerConfig(wandb=False))
 
 
-def prepare(variant: str, work: Path, units: UnitConfig = UnitConfig()) -> tuple[PipelineContext, PipelineContext]:
+def stage2_records(stage2_from: Path, doc_ids: list[str]) -> list[Any]:
+    """The kept stage-2 outputs of ``stage2_from`` for a seeded 10 % of ``doc_ids``, drawn among those it kept any for."""
+    source = stage2_from / layout.STAGE2_KEPT
+    if not source.is_file():
+        raise SystemExit(f"error: {source} not found: the partial-stage2 variant needs a finished covered-subset "
+                         f"pipeline run (python train.py pipeline -c configs/profiles/scifact-covered.yaml "
+                         f"--run_dir {stage2_from}); --stage2-from names it")
+    wanted = set(doc_ids)
+    records = [r for r in read_synthetic(source) if r.doc_id in wanted]
+    with_outputs = sorted({r.doc_id for r in records})
+    count = round(PARTIAL_SHARE * len(doc_ids))
+    if len(with_outputs) < count:
+        raise SystemExit(f"error: {source} has kept outputs for {len(with_outputs)} of the slice's documents; "
+                         f"the variant needs {count}")
+    chosen = seeded_choice(with_outputs, count, seed=0, stream="partial-stage2")
+    return [r for r in records if r.doc_id in chosen]
+
+
+def prepare(variant: str, work: Path, units: UnitConfig = UnitConfig(),
+            stage2_from: Path | None = None) -> tuple[PipelineContext, PipelineContext]:
     """Write the variant's synthetic files and vectors into ``work/variant`` (cached); return test and train contexts."""
     data_path = lower_folder(work / "lower-beir") if variant == "lower" else DATA
     run_dir = work / (variant + run_suffix(units))
     ids = slice_ids(work / "slice-doc-ids.txt")
-    test, train = (context(run_dir, data_path, split, [], ids, units) for split in ("test", "train"))
+    stage = stage_of(variant)
+    test, train = (context(run_dir, data_path, split, [], ids, units, stage) for split in ("test", "train"))
     dataset = test.dataset
-    records = read_synthetic(TEACHER, dataset.corpus, on_unknown_doc="warn")
+    if stage == "stage2":
+        records = stage2_records(stage2_from or Path("runs/scifact-covered"), list(dataset.doc_ids))
+    else:
+        records = read_synthetic(TEACHER, dataset.corpus, on_unknown_doc="warn")
     if variant == "lower":
         records = [dataclasses.replace(r, text=spaced_lower_case(r.text)) for r in records]
     if variant == "partial":
         chosen = seeded_choice(list(dataset.doc_ids), round(PARTIAL_SHARE * len(dataset.doc_ids)), seed=0, stream="partial")
         records = [r for r in records if r.doc_id in chosen]
-    write_synthetic(run_dir / layout.STAGE1_KEPT, records)
+    write_synthetic(run_dir / (layout.STAGE2_KEPT if stage == "stage2" else layout.STAGE1_KEPT), records)
     extractive = extractive_records(dataset, ExtractiveConfig(), progress=False)
     write_synthetic(run_dir / layout.EXTRACTIVE, extractive)
     queries = {**train.dataset.queries, **dataset.queries}
     # The original's vectors serve where the encoder sees the same token ids: the partial variant's corpus is the
     # original's, and MiniLM's tokenizer is uncased and splits off punctuation, so lower case and spaced full stops
     # give the same word pieces (checked text by text; a text that differs is embedded anew).
-    reuse = {"partial": [layout.DOCUMENTS, layout.QUERIES, layout.SENTENCES, layout.synthetic_vectors("extractive")],
+    shared = [layout.DOCUMENTS, layout.QUERIES, layout.SENTENCES, layout.synthetic_vectors("extractive")]
+    reuse = {"partial": shared, "partial-stage2": shared,
              "lower": [layout.DOCUMENTS, layout.QUERIES, layout.synthetic_vectors("stage1"),
                        layout.synthetic_vectors("extractive")]}.get(variant, [])
     jobs = [(layout.DOCUMENTS, test.documents()), (layout.QUERIES, list(queries.items())),
             (layout.SENTENCES, sentence_items(test)),
-            (layout.synthetic_vectors("stage1"), [(r.key.encode(), r.text) for r in records]),
+            (layout.synthetic_vectors(stage), [(r.key.encode(), r.text) for r in records]),
             (layout.synthetic_vectors("extractive"), [(r.key.encode(), r.text) for r in extractive])]
     jobs.sort(key=lambda job: job[0] in reuse)  # reused last: another process may still be writing the original's
     for path, items in jobs:
@@ -198,9 +232,10 @@ def run_suffix(units: UnitConfig) -> str:
     return "" if (units.window, units.stride) == (default.window, default.stride) else f"-w{units.window}s{units.stride}"
 
 
-def study(variant: str, work: Path, units: UnitConfig = UnitConfig()) -> dict[str, Any]:
+def study(variant: str, work: Path, units: UnitConfig = UnitConfig(), stage2_from: Path | None = None) -> dict[str, Any]:
     start = time.perf_counter()
-    test_ctx, train_ctx = prepare(variant, work, units)
+    stage = stage_of(variant)
+    test_ctx, train_ctx = prepare(variant, work, units, stage2_from)
     evaluator, train_eval = Evaluator(test_ctx), Evaluator(train_ctx)
     rows = table_rows(test_ctx, evaluator)
     multi = dict(sentence_weight=MULTI_MIX)
@@ -209,15 +244,15 @@ def study(variant: str, work: Path, units: UnitConfig = UnitConfig()) -> dict[st
                                    ("extractive fallback + count prior 2", ["extractive"],
                                     dataclasses.replace(DEFAULTS, count_prior=2.0))]:
         for level in ("doc", "multi"):
-            rows.append(rb_row(evaluator, f"rb-manual-{level}-stage1 ({name})",
+            rows.append(rb_row(evaluator, f"rb-manual-{level}-{stage} ({name})",
                                lambda lv=level, f=fallback, c=config: evaluator.rao_blackwell(
-                                   lv, with_fallback(evaluator, "stage1", f), c, **(multi if lv == "multi" else {})),
-                               "stage1", {"coverage_fallback": fallback, "count_prior": config.count_prior}))
+                                   lv, with_fallback(evaluator, stage, f), c, **(multi if lv == "multi" else {})),
+                               stage, {"coverage_fallback": fallback, "count_prior": config.count_prior}))
 
     # settings chosen without labels (pseudo-queries) and on labelled train queries, for each fallback choice
     selections = {}
     for fallback in ([], ["extractive"]):
-        settings = candidate_settings(["stage1"])
+        settings = candidate_settings([stage])
         label_free = select_label_free(evaluator, settings, DEFAULTS, fallbacks=fallback)
         train_scores = [train_eval.score_units(units_for(train_eval, s, DEFAULTS, fallback))["ndcg@10"] for s in settings]
         best_train = max(range(len(settings)), key=lambda i: (train_scores[i], -i))
@@ -227,7 +262,7 @@ def study(variant: str, work: Path, units: UnitConfig = UnitConfig()) -> dict[st
         per_query = {}
         for how, setting in chosen.items():
             row = rb_row(evaluator, f"selected {how} (fallback {key}): {setting.label}",
-                         lambda s=setting: units_for(evaluator, s, DEFAULTS, fallback), "stage1",
+                         lambda s=setting: units_for(evaluator, s, DEFAULTS, fallback), stage,
                          {"chosen_by": how, "setting": dataclasses.asdict(setting), "coverage_fallback": fallback})
             rows.append(row)
             per_query[how] = {q: v["ndcg@10"] for q, v in row.per_query.items()}
@@ -243,7 +278,7 @@ def study(variant: str, work: Path, units: UnitConfig = UnitConfig()) -> dict[st
     units = json.loads((test_ctx.run_dir / layout.SENTENCE_UNITS).read_text())
     return {"variant": variant, "documents": len(evaluator.doc_ids), "test_queries": len(test_ctx.dataset.qrels),
             "train_queries": len(train_ctx.dataset.qrels), "sentence_units": units,
-            "coverage": {"stage1": coverage_of(evaluator, "stage1")}, "selection": selections,
+            "coverage": {stage: coverage_of(evaluator, stage)}, "selection": selections,
             "rows": [row.to_json() for row in rows], "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -262,10 +297,12 @@ def summarise(output: Path, variants: list[str]) -> str:
             continue
         result = json.loads(path.read_text())
         units = result["sentence_units"]
+        stage, coverage = next(iter(result["coverage"].items()))
+        stage = stage.replace("stage", "stage-")
         lines += [f"## {variant} ({result['documents']} documents, {result['test_queries']} test queries; units: "
                   f"{units['splitter']}, documents with 1 / 2-5 / >5 units: {units['units_per_document']['1']} / "
-                  f"{units['units_per_document']['2-5']} / {units['units_per_document']['>5']}; stage-1 coverage "
-                  f"{result['coverage']['stage1']['documents']} documents)", "",
+                  f"{units['units_per_document']['2-5']} / {units['units_per_document']['>5']}; {stage} coverage "
+                  f"{coverage['documents']} documents)", "",
                   "| system | nDCG@10 | vs dense (Δ×100, p) | vs dense-multi (Δ×100, p) | covered top-10 share / corpus share |",
                   "|---|---:|---|---|---|"]
         for row in result["rows"]:
@@ -290,18 +327,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=UnitConfig().window, help="embed.units.window")
     parser.add_argument("--stride", type=int, default=UnitConfig().stride, help="embed.units.stride")
     parser.add_argument("--variants", nargs="*", default=["original", "lower", "partial"],
+                        choices=["original", "lower", "partial", "partial-stage2"],
                         help="corpora to study; none: only rewrite summary.md from the JSON files")
+    parser.add_argument("--stage2-from", type=Path, default=Path("runs/scifact-covered"),
+                        help="a finished covered-subset pipeline run, whose kept stage-2 outputs partial-stage2 uses")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("lightning", "lightning.pytorch", "pipeline.embed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for variant in args.variants:
         units = UnitConfig(window=args.window, stride=args.stride)
-        result = study(variant, args.work, units)
+        result = study(variant, args.work, units, args.stage2_from)
         result["command"] = "python -m benchmarks.robustness " + " ".join(sys.argv[1:] if argv is None else argv)
         write_json_atomic(args.output / f"{variant}{run_suffix(units)}.json", result)
         log.info("%s done in %.0f s", variant, result["seconds"])
-    named = ["original", "lower", "partial"]
+    named = ["original", "lower", "partial", "partial-stage2"]
     others = sorted(path.stem for path in args.output.glob("*.json") if path.stem not in named)
     write_text_atomic(args.output / "summary.md", summarise(args.output, named + others) + "\n")
 
