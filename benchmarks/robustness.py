@@ -237,7 +237,7 @@ def study(variant: str, work: Path, units: UnitConfig = UnitConfig(), stage2_fro
     stage = stage_of(variant)
     test_ctx, train_ctx = prepare(variant, work, units, stage2_from)
     evaluator, train_eval = Evaluator(test_ctx), Evaluator(train_ctx)
-    rows = table_rows(test_ctx, evaluator)
+    rows = table_rows(test_ctx, evaluator, with_index=False)  # the study builds no index
     multi = dict(sentence_weight=MULTI_MIX)
     for name, fallback, config in [("extractive fallback", ["extractive"], DEFAULTS),
                                    ("count prior 2", [], dataclasses.replace(DEFAULTS, count_prior=2.0)),

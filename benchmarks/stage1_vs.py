@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         embed_texts(items, ctx.embedding_encoder, ctx.run_dir / path, **settings)
     ctx.evaluate = dataclasses.replace(ctx.evaluate, stages=["stage1"], sweep_stage="stage1",
                                        baselines=[b for b in ctx.evaluate.baselines if b != "expansion"])
-    evaluate_run_dir(ctx)
+    evaluate_run_dir(ctx, with_index=False)  # no index stage ran: its row is computed from the same vectors
     args.output.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (ctx.run_dir / name).is_file():

@@ -288,8 +288,11 @@ def available_stages(ctx: PipelineContext) -> list[str]:
 
 
 def table_rows(ctx: PipelineContext, evaluator: Evaluator, before: Evaluator | None = None,
-               export: RunExport | None = None) -> list[ResultRow]:
+               export: RunExport | None = None, with_index: bool = True) -> list[ResultRow]:
     """Every system of the results table, in a fixed order; ``export`` writes each row's run.
+
+    ``with_index``: score the index's row by searching ``<run_dir>/index/`` (the pipeline, whose index stage ran
+    before); False computes it like every other row, from the same vectors, for studies that build no index.
 
     ``before``: the base encoder's vectors, when tuning changed the encoder (the paper's comparison): it scores
     the ``*-base`` corpus-only rows (the out-of-the-box model) and every stage-1 row (before tuning); the
@@ -332,8 +335,8 @@ def table_rows(ctx: PipelineContext, evaluator: Evaluator, before: Evaluator | N
             for level in cfg.levels:
                 if level in ("sentence", "multi") and scorer.sentences is None:
                     continue
-                if (f"rb-{method}-{level}-{stage}" == ctx.index_system and evaluator.keep_mask is None
-                        and scorer is evaluator):
+                if (with_index and f"rb-{method}-{level}-{stage}" == ctx.index_system
+                        and evaluator.keep_mask is None and scorer is evaluator):
                     rows.append(_shipped_row(ctx, evaluator, export))  # what is evaluated is what is shipped
                     rows[-1].extra.update(top10_diagnostic(evaluator, stage, evaluator.last_run))
                     continue
@@ -466,13 +469,14 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_run_dir(ctx: PipelineContext) -> list[ResultRow]:
-    """Write ``results.json``/``results.md``, ``sweep.json`` and the sweep plot; log the table."""
+def evaluate_run_dir(ctx: PipelineContext, with_index: bool = True) -> list[ResultRow]:
+    """Write ``results.json``/``results.md``, ``sweep.json`` and the sweep plot; log the table (``with_index``:
+    as in :func:`table_rows`)."""
     evaluator = Evaluator(ctx)
     has_base = (ctx.run_dir / layout.base_vectors(layout.DOCUMENTS)).is_file()  # the embed stage's decision
     depth = ctx.evaluate.run_depth
     export = None if depth is None else RunExport(ctx.run_dir, depth, ctx.evaluate.search.ignore_identical_ids)
-    rows = table_rows(ctx, evaluator, Evaluator(ctx, base=True) if has_base else None, export)
+    rows = table_rows(ctx, evaluator, Evaluator(ctx, base=True) if has_base else None, export, with_index)
     if export is not None:
         log.info("TREC runs of every row (depth %d): %s", depth, export.finish())
     vs = paired_tests({row.system: row.per_query for row in rows if row.per_query})

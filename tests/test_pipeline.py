@@ -6,6 +6,8 @@ every stage; a changed Rao-Blackwell weight reruns only the evaluate stage; one 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -163,6 +165,24 @@ def test_the_shipped_row_is_a_search_of_the_written_index(finished_run: tuple[Pa
     run = search_index(index, query_ids, torch.from_numpy(queries), SearchConfig())
     metrics = evaluate_run(load_beir(FIXTURE).qrels, run, k_values=[1, 10, 100])
     assert metrics and all(rows[index.system][key] == value for key, value in metrics.items())
+
+
+def test_without_an_index_the_index_row_is_computed_alike(finished_run: tuple[Path, list], profile: Path) -> None:
+    """Studies that build no index (benchmarks/stage1_vs.py, robustness.py) ask ``table_rows`` for every row
+    computed from the vectors: the index's row then equals the one scored from ``index/``, and no index is read."""
+    from benchmarks.rb_sweep import load_context
+    from pipeline.evaluation import Evaluator, table_rows
+
+    run_dir, _ = finished_run
+    recorded = {row["system"]: row for row in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
+    ctx = load_context(["-c", str(profile), "--run_dir", str(run_dir)])
+    ctx.index = dataclasses.replace(ctx.index, level="doc")  # an index of another row: with_index never looks
+    before = Evaluator(ctx, base=True) if (run_dir / layout.base_vectors(layout.DOCUMENTS)).is_file() else None
+    rows = {row.system: row for row in table_rows(ctx, Evaluator(ctx), before, with_index=False)}
+    assert "rb-manual-multi-stage2" in rows and "index" not in rows["rb-manual-multi-stage2"].extra
+    for system, row in rows.items():
+        for key, value in row.metrics.items():
+            assert value == pytest.approx(recorded[system][key], abs=1e-6), (system, key)
 
 
 def test_search_command_scores_the_shipped_row(finished_run: tuple[Path, list], tmp_path: Path,
