@@ -253,7 +253,7 @@ def study(variant: str, work: Path, units: UnitConfig = UnitConfig(), stage2_fro
     selections = {}
     for fallback in ([], ["extractive"]):
         settings = candidate_settings([stage])
-        label_free = select_label_free(evaluator, settings, DEFAULTS, fallbacks=fallback)
+        label_free = select_label_free(evaluator, settings, DEFAULTS, fallbacks=fallback, source=stage)
         train_scores = [train_eval.score_units(units_for(train_eval, s, DEFAULTS, fallback))["ndcg@10"] for s in settings]
         best_train = max(range(len(settings)), key=lambda i: (train_scores[i], -i))
         key = "+".join(fallback) or "none"
