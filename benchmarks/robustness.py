@@ -71,6 +71,7 @@ ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 SLICE_DOCS = 700
 SLICE_TRAIN_QUERIES = 150
 PARTIAL_SHARE = 0.10
+STAGE2_FROM = Path("runs/scifact-covered")  # the covered-subset pipeline run whose stage-2 outputs partial-stage2 uses
 DEFAULTS = RaoBlackwellConfig(method="manual", doc_weight=0.6)  # configs/profiles/offline.yaml
 MULTI_MIX = 0.6
 
@@ -138,6 +139,11 @@ def context(run_dir: Path, data_path: Path, split: str, fallback: list[str], ids
         logger=LoggerConfig(wandb=False))
 
 
+def partial_share(pool: list[str], corpus_size: int, stream: str) -> set[str]:
+    """A seeded ``PARTIAL_SHARE`` of a corpus of ``corpus_size`` documents, drawn from ``pool``."""
+    return seeded_choice(pool, round(PARTIAL_SHARE * corpus_size), seed=0, stream=stream)
+
+
 def stage2_records(stage2_from: Path, doc_ids: list[str]) -> list[Any]:
     """The kept stage-2 outputs of ``stage2_from`` for a seeded 10 % of ``doc_ids``, drawn among those it kept any for."""
     source = stage2_from / layout.STAGE2_KEPT
@@ -152,12 +158,12 @@ def stage2_records(stage2_from: Path, doc_ids: list[str]) -> list[Any]:
     if len(with_outputs) < count:
         raise SystemExit(f"error: {source} has kept outputs for {len(with_outputs)} of the slice's documents; "
                          f"the variant needs {count}")
-    chosen = seeded_choice(with_outputs, count, seed=0, stream="partial-stage2")
+    chosen = partial_share(with_outputs, len(doc_ids), "partial-stage2")
     return [r for r in records if r.doc_id in chosen]
 
 
 def prepare(variant: str, work: Path, units: UnitConfig = UnitConfig(),
-            stage2_from: Path | None = None) -> tuple[PipelineContext, PipelineContext]:
+            stage2_from: Path = STAGE2_FROM) -> tuple[PipelineContext, PipelineContext]:
     """Write the variant's synthetic files and vectors into ``work/variant`` (cached); return test and train contexts."""
     data_path = lower_folder(work / "lower-beir") if variant == "lower" else DATA
     run_dir = work / (variant + run_suffix(units))
@@ -166,13 +172,13 @@ def prepare(variant: str, work: Path, units: UnitConfig = UnitConfig(),
     test, train = (context(run_dir, data_path, split, [], ids, units, stage) for split in ("test", "train"))
     dataset = test.dataset
     if stage == "stage2":
-        records = stage2_records(stage2_from or Path("runs/scifact-covered"), list(dataset.doc_ids))
+        records = stage2_records(stage2_from, list(dataset.doc_ids))
     else:
         records = read_synthetic(TEACHER, dataset.corpus, on_unknown_doc="warn")
     if variant == "lower":
         records = [dataclasses.replace(r, text=spaced_lower_case(r.text)) for r in records]
     if variant == "partial":
-        chosen = seeded_choice(list(dataset.doc_ids), round(PARTIAL_SHARE * len(dataset.doc_ids)), seed=0, stream="partial")
+        chosen = partial_share(list(dataset.doc_ids), len(dataset.doc_ids), "partial")
         records = [r for r in records if r.doc_id in chosen]
     write_synthetic(run_dir / (layout.STAGE2_KEPT if stage == "stage2" else layout.STAGE1_KEPT), records)
     extractive = extractive_records(dataset, ExtractiveConfig(), progress=False)
@@ -232,7 +238,7 @@ def run_suffix(units: UnitConfig) -> str:
     return "" if (units.window, units.stride) == (default.window, default.stride) else f"-w{units.window}s{units.stride}"
 
 
-def study(variant: str, work: Path, units: UnitConfig = UnitConfig(), stage2_from: Path | None = None) -> dict[str, Any]:
+def study(variant: str, work: Path, units: UnitConfig = UnitConfig(), stage2_from: Path = STAGE2_FROM) -> dict[str, Any]:
     start = time.perf_counter()
     stage = stage_of(variant)
     test_ctx, train_ctx = prepare(variant, work, units, stage2_from)
@@ -272,9 +278,14 @@ def study(variant: str, work: Path, units: UnitConfig = UnitConfig(), stage2_fro
             "scores": [{**dataclasses.asdict(s), "ndcg@10": round(v, 5)} for s, v in zip(settings, train_scores)]},
             "label_free_vs_train_on_test": comparison.to_json()}
     vs = compare_to_baselines({row.system: row.per_query for row in rows if row.per_query})
+    by_name = {row.system: row for row in rows}
     for row in rows:
         if row.system in vs:
             row.extra["vs"] = {base: c.to_json() for base, c in vs[row.system].items()}
+        default = by_name.get(row.system.split(" (")[0])  # a coverage mechanism's row against its level's default
+        if default is not None and default is not row:
+            row.extra["vs_default"] = paired_compare(*({q: v["ndcg@10"] for q, v in r.per_query.items()}
+                                                       for r in (row, default))).to_json()
     units = json.loads((test_ctx.run_dir / layout.SENTENCE_UNITS).read_text())
     return {"variant": variant, "documents": len(evaluator.doc_ids), "test_queries": len(test_ctx.dataset.qrels),
             "train_queries": len(train_ctx.dataset.qrels), "sentence_units": units,
@@ -283,7 +294,7 @@ def study(variant: str, work: Path, units: UnitConfig = UnitConfig(), stage2_fro
 
 
 def _vs(row: dict[str, Any], base: str) -> str:
-    entry = row.get("vs", {}).get(base)
+    entry = row.get("vs_default") if base == "default" else row.get("vs", {}).get(base)
     return "" if entry is None else f"{100 * entry['delta']:+.2f} (p {entry['p_rand']:.3f})"
 
 
@@ -303,13 +314,14 @@ def summarise(output: Path, variants: list[str]) -> str:
                   f"{units['splitter']}, documents with 1 / 2-5 / >5 units: {units['units_per_document']['1']} / "
                   f"{units['units_per_document']['2-5']} / {units['units_per_document']['>5']}; {stage} coverage "
                   f"{coverage['documents']} documents)", "",
-                  "| system | nDCG@10 | vs dense (Δ×100, p) | vs dense-multi (Δ×100, p) | covered top-10 share / corpus share |",
-                  "|---|---:|---|---|---|"]
+                  "| system | nDCG@10 | vs dense (Δ×100, p) | vs dense-multi (Δ×100, p) | vs its level's default row "
+                  "(Δ×100, p) | covered top-10 share / corpus share |",
+                  "|---|---:|---|---|---|---|"]
         for row in result["rows"]:
             share = (f"{row['covered_top10_share']:.3f} / {row['covered_corpus_share']:.3f}"
                      if "covered_top10_share" in row else "")
             lines.append(f"| {row['system']} | {row['ndcg@10']:.4f} | {_vs(row, 'dense')} | {_vs(row, 'dense-multi')} "
-                         f"| {share} |")
+                         f"| {_vs(row, 'default')} | {share} |")
         lines.append("")
         for fallback, selection in result["selection"].items():
             c = selection["label_free_vs_train_on_test"]
@@ -329,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="*", default=["original", "lower", "partial"],
                         choices=["original", "lower", "partial", "partial-stage2"],
                         help="corpora to study; none: only rewrite summary.md from the JSON files")
-    parser.add_argument("--stage2-from", type=Path, default=Path("runs/scifact-covered"),
+    parser.add_argument("--stage2-from", type=Path, default=STAGE2_FROM,
                         help="a finished covered-subset pipeline run, whose kept stage-2 outputs partial-stage2 uses")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

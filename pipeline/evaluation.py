@@ -469,14 +469,19 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def before_tuning_evaluator(ctx: PipelineContext) -> Evaluator | None:
+    """The base encoder's vectors for ``table_rows(before=...)``, where the embed stage wrote them (it does when
+    tuning changed the encoder); None otherwise."""
+    return Evaluator(ctx, base=True) if (ctx.run_dir / layout.base_vectors(layout.DOCUMENTS)).is_file() else None
+
+
 def evaluate_run_dir(ctx: PipelineContext, with_index: bool = True) -> list[ResultRow]:
     """Write ``results.json``/``results.md``, ``sweep.json`` and the sweep plot; log the table (``with_index``:
     as in :func:`table_rows`)."""
     evaluator = Evaluator(ctx)
-    has_base = (ctx.run_dir / layout.base_vectors(layout.DOCUMENTS)).is_file()  # the embed stage's decision
     depth = ctx.evaluate.run_depth
     export = None if depth is None else RunExport(ctx.run_dir, depth, ctx.evaluate.search.ignore_identical_ids)
-    rows = table_rows(ctx, evaluator, Evaluator(ctx, base=True) if has_base else None, export, with_index)
+    rows = table_rows(ctx, evaluator, before_tuning_evaluator(ctx), export, with_index)
     if export is not None:
         log.info("TREC runs of every row (depth %d): %s", depth, export.finish())
     vs = paired_tests({row.system: row.per_query for row in rows if row.per_query})

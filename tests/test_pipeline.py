@@ -7,7 +7,6 @@ every stage; a changed Rao-Blackwell weight reruns only the evaluate stage; one 
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from pathlib import Path
 
@@ -171,14 +170,13 @@ def test_without_an_index_the_index_row_is_computed_alike(finished_run: tuple[Pa
     """Studies that build no index (benchmarks/stage1_vs.py, robustness.py) ask ``table_rows`` for every row
     computed from the vectors: the index's row then equals the one scored from ``index/``, and no index is read."""
     from benchmarks.rb_sweep import load_context
-    from pipeline.evaluation import Evaluator, table_rows
+    from pipeline.evaluation import Evaluator, before_tuning_evaluator, table_rows
 
     run_dir, _ = finished_run
     recorded = {row["system"]: row for row in json.loads((run_dir / layout.RESULTS_JSON).read_text())["rows"]}
     ctx = load_context(["-c", str(profile), "--run_dir", str(run_dir)])
     ctx.index = dataclasses.replace(ctx.index, level="doc")  # an index of another row: with_index never looks
-    before = Evaluator(ctx, base=True) if (run_dir / layout.base_vectors(layout.DOCUMENTS)).is_file() else None
-    rows = {row.system: row for row in table_rows(ctx, Evaluator(ctx), before, with_index=False)}
+    rows = {row.system: row for row in table_rows(ctx, Evaluator(ctx), before_tuning_evaluator(ctx), with_index=False)}
     assert "rb-manual-multi-stage2" in rows and "index" not in rows["rb-manual-multi-stage2"].extra
     for system, row in rows.items():
         for key, value in row.metrics.items():
