@@ -5,7 +5,8 @@ One pipeline run with a decoder-only LLM (``configs/profiles/llm-offline.yaml``:
 downsampling: every test query, every document they judge, and seeded others up to ``--corpus-size``. Stage 1 is
 written by the model itself through the pipeline. The report (``--out``): ``summary.json`` (the command, the load,
 each stage's wall time, seconds per prompt, the filter pass rate of stage 1 and stage 2), ``fit-samples.md``
-(stage-1 and stage-2 outputs side by side, kept or dropped), and the run's ``results.{json,md}`` when it evaluated.
+(stage-1 and stage-2 outputs side by side, kept or dropped), and the run's ``results.{json,md}`` with
+``stage2-vs-stage1.json`` (each tuned row paired per query with its untuned row) when it evaluated.
 
   python -m benchmarks.llm_study --gguf /work/llm/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf       # the whole study
   python -m benchmarks.llm_study --gguf FILE --corpus-size 30 --n-queries 10 --stages data stage1 filter \\
@@ -94,10 +95,23 @@ def samples_table(run_dir: Path, limit: int = SAMPLES) -> str:
     return "\n".join(rows) + "\n"
 
 
+def stage2_vs_stage1(per_query_path: Path, metric: str = "ndcg@10") -> dict[str, Any]:
+    """Every Rao-Blackwell row from tuned outputs (``*-stage2``) against the same row from untuned ones
+    (``*-stage1``), paired per query: the study's question of whether tuning changed retrieval."""
+    from retrieval.results import read_per_query
+    from retrieval.significance import paired_compare
+
+    systems = read_per_query(per_query_path)
+    return {f"{name} vs {name[:-1]}1": paired_compare(*({q: v[metric] for q, v in systems[s].items()}
+                                                          for s in (name, name[:-1] + "1")), metric=metric).to_json()
+            for name in systems if name.endswith("-stage2") and name[:-1] + "1" in systems}
+
+
 def report(options: argparse.Namespace, argv: Sequence[str] | None, started: float, load_before: float) -> Path:
     """Write summary.json and fit-samples.md (and copy the results when the run evaluated) into ``--out``."""
     from core.io import write_json_atomic, write_text_atomic
     from pipeline import layout
+    from retrieval.results import PER_QUERY_JSON
 
     run_dir, out = Path(options.run_dir), Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +137,9 @@ def report(options: argparse.Namespace, argv: Sequence[str] | None, started: flo
     write_json_atomic(out / "summary.json", summary)
     write_text_atomic(out / "fit-samples.md", f"# Stage-1 and stage-2 outputs ({options.label})\n\n"
                                               f"`{summary['command']}`\n\n" + samples_table(run_dir))
+    per_query = run_dir / PER_QUERY_JSON
+    if per_query.is_file():
+        write_json_atomic(out / "stage2-vs-stage1.json", stage2_vs_stage1(per_query))
     for name in (layout.RESULTS_JSON, layout.RESULTS_MD):
         if (run_dir / name).is_file():
             write_text_atomic(out / Path(name).name, (run_dir / name).read_text(encoding="utf-8"))

@@ -32,3 +32,18 @@ def test_gpu_script_dry_run_parses_on_a_cpu() -> None:
     plan = json.loads(result.stdout[result.stdout.index("{"):])
     assert plan["source"] == "Qwen/Qwen2.5-1.5B-Instruct" and plan["dtype"] == "bfloat16"
     assert plan["lora"]["rank"] == 16 and plan["fit_trainer"] == {}
+
+
+def test_stage2_rows_are_paired_with_their_stage1_rows(tmp_path: Path) -> None:
+    """Each ``*-stage2`` row meets its ``*-stage1`` row on the same queries; rows without a partner are left out."""
+    payload = {"dataset": "d", "split": "test", "metrics": ["ndcg@10"], "queries": ["q1", "q2", "q3"],
+               "systems": {"rb-manual-multi-stage1": {"ndcg@10": [0.5, 0.2, 1.0]},
+                           "rb-manual-multi-stage2": {"ndcg@10": [0.7, 0.2, 0.4]},
+                           "rb-uniform-doc-stage2": {"ndcg@10": [1.0, 1.0, 1.0]},
+                           "dense": {"ndcg@10": [0.1, 0.1, 0.1]}}}
+    path = tmp_path / "per_query.json"
+    path.write_text(json.dumps(payload), encoding="utf-8")
+    result = llm_study.stage2_vs_stage1(path)
+    assert list(result) == ["rb-manual-multi-stage2 vs rb-manual-multi-stage1"]
+    entry = result["rb-manual-multi-stage2 vs rb-manual-multi-stage1"]
+    assert entry["queries"] == 3 and entry["delta"] == pytest.approx((0.2 + 0.0 - 0.6) / 3)
